@@ -1,0 +1,92 @@
+"""The ``catdog`` command: one entry point that dispatches to a module per subcommand.
+
+Each subcommand is one line in :data:`COMMANDS`: ``name -> ("module:function", "help")``. The
+function takes the remaining arguments (``list[str]``) and returns an exit status. Modules are
+imported only when their command runs, so ``catdog --help``, ``fuse`` and ``serve`` start fast
+and never import torch unless they need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from catdog import CatDogError, __version__
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample-data": ("catdog.sample_data:main", "Generate learnable sample data in both Kaggle layouts."),
+    "fuse": ("catdog.fusion:main", "Fuse Kaggle cats and breed-split dogs into dataset/{train,test}/{cat,dog}."),
+    "fit": ("catdog.train:main", "Train a model (LightningCLI): catdog fit -c configs/scratch.yaml"),
+    "validate": ("catdog.train:main", "Validate a checkpoint (LightningCLI)."),
+    "test": ("catdog.train:main", "Test a checkpoint and write metrics.json (LightningCLI)."),
+    "predict": ("catdog.train:main", "Predict with a checkpoint (LightningCLI)."),
+    "poutyne": ("catdog.poutyne_trainer:main", "Train and test with the Poutyne parity trainer."),
+    "export": ("catdog.export:main", "Export checkpoints to self-describing ONNX files."),
+    "serve": ("catdog.serve:main", "Serve ONNX models over HTTP with LitServe."),
+    "report": ("catdog.report:main", "Collect metrics.json files into a results table and plots."),
+    "demo": ("catdog.demo:main", "Run the whole pipeline on generated data."),
+}
+
+#: Subcommands that receive their own name as the first argument (LightningCLI needs it).
+_PASS_NAME = {"fit", "validate", "test", "predict"}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: catdog <command> [options]",
+        "",
+        "commands:",
+        *(f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()),
+        "",
+        "Run 'catdog <command> --help' for a command's options.",
+    ]
+    return "\n".join(lines)
+
+
+def _resolve(target: str) -> Callable[[list[str]], int | None]:
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``catdog``; returns the exit status (also used as the console script)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"catdog {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"catdog: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if name in _PASS_NAME:
+        rest = [name, *rest]
+    try:
+        command = _resolve(COMMANDS[name][0])
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] == "catdog":
+            raise
+        print(
+            f"catdog {name}: error: this command needs the package {err.name!r}, which is not installed. "
+            "Install the extra it belongs to: pip install 'catdog[all]' (training, export, serving) "
+            "or 'catdog[serve]' (serving only).",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        status = command(rest)
+    except CatDogError as err:
+        print(f"catdog {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"catdog {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Generated sample data in the exact layouts of the two Kaggle competitions.
+
+* "Dogs vs. Cats": ``dogs-vs-cats/{train/{cat,dog}.<n>.jpg, test1/<n>.jpg, sampleSubmission.csv}``
+  or, with ``--zip``, ``dogs-vs-cats.zip`` holding ``train.zip``, ``test1.zip`` and the CSV.
+* "Dog Breed Identification": ``dog-breed-identification/{labels.csv, train/<id>.jpg, test/<id>.jpg,
+  sample_submission.csv}`` or ``dog-breed-identification.zip``.
+
+Images are real JPEG files. Cats and dogs are drawn so that a CNN can tell them apart (cats: pointed
+ears and stripes; dogs: drooping ears and spots) and every breed has its own colours, proportions and
+background, so a breed-disjoint test split is a real generalisation test. Output is deterministic for
+a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from catdog import CatDogError
+
+CATS_DIRNAME = "dogs-vs-cats"
+DOGS_DIRNAME = "dog-breed-identification"
+
+#: Breed names as in the Kaggle "Dog Breed Identification" labels (a subset of its 120).
+BREED_NAMES = (
+    "affenpinscher", "afghan_hound", "african_hunting_dog", "airedale", "american_staffordshire_terrier",
+    "appenzeller", "australian_terrier", "basenji", "basset", "beagle", "bedlington_terrier",
+    "bernese_mountain_dog", "black-and-tan_coonhound", "blenheim_spaniel", "bloodhound", "bluetick",
+    "border_collie", "border_terrier", "borzoi", "boston_bull", "bouvier_des_flandres", "boxer",
+    "brabancon_griffon", "briard", "brittany_spaniel", "bull_mastiff", "cairn", "cardigan",
+    "chesapeake_bay_retriever", "chihuahua", "chow", "clumber", "cocker_spaniel", "collie",
+    "curly-coated_retriever", "dandie_dinmont", "dhole", "dingo", "doberman", "english_foxhound",
+    "english_setter", "english_springer", "entlebucher", "eskimo_dog", "flat-coated_retriever",
+    "french_bulldog", "german_shepherd", "german_short-haired_pointer", "giant_schnauzer",
+    "golden_retriever", "gordon_setter", "great_dane", "great_pyrenees", "greater_swiss_mountain_dog",
+    "groenendael", "ibizan_hound", "irish_setter", "irish_terrier", "irish_water_spaniel",
+    "irish_wolfhound",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """Where the generated sources are: pass them to ``catdog fuse``."""
+
+    cats_source: Path
+    dogs_source: Path
+    corrupt_files: tuple[str, ...] = ()
+
+
+def _background(rng: np.random.Generator, width: int, height: int, tint: np.ndarray) -> Image.Image:
+    """A smooth two-colour gradient with a little noise."""
+    start = np.clip(tint + rng.normal(0, 30, 3), 0, 255)
+    end = np.clip(255 - tint + rng.normal(0, 30, 3), 0, 255)
+    ramp = np.linspace(0.0, 1.0, width if rng.random() < 0.5 else height, dtype=np.float32)
+    if ramp.size == width:
+        grid = np.broadcast_to(ramp[None, :, None], (height, width, 1))
+    else:
+        grid = np.broadcast_to(ramp[:, None, None], (height, width, 1))
+    array = start * (1 - grid) + end * grid + rng.normal(0, 8, (height, width, 3))
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _colour(rng: np.random.Generator, base: np.ndarray, spread: float = 25) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.clip(base + rng.normal(0, spread, 3), 0, 255))  # type: ignore[return-value]
+
+
+def draw_cat(rng: np.random.Generator, size: int) -> Image.Image:
+    """A cat: round head with pointed triangular ears, stripes across the face, whiskers."""
+    width = int(size * rng.uniform(0.9, 1.3))
+    height = size
+    fur_base = rng.uniform(40, 230, 3)
+    image = _background(rng, width, height, rng.uniform(0, 255, 3))
+    draw = ImageDraw.Draw(image)
+    cx, cy = width * rng.uniform(0.4, 0.6), height * rng.uniform(0.5, 0.62)
+    r = size * rng.uniform(0.24, 0.32)
+    fur, stripe = _colour(rng, fur_base), _colour(rng, fur_base * 0.35, 10)
+    for side in (-1, 1):  # pointed ears
+        draw.polygon(
+            [(cx + side * r * 0.95, cy - r * 0.35), (cx + side * r * 0.2, cy - r * 0.8),
+             (cx + side * r * 0.8, cy - r * 1.75)],
+            fill=fur, outline=stripe,
+        )  # fmt: skip
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fur)
+    line = max(1, size // 24)
+    for k in range(-2, 3):  # tabby stripes
+        y = cy + k * r * 0.3
+        draw.line([(cx - r * 0.85, y - r * 0.15), (cx + r * 0.85, y + r * 0.15)], fill=stripe, width=line)
+    for side in (-1, 1):  # eyes and whiskers
+        draw.ellipse([cx + side * r * 0.45 - r * 0.12, cy - r * 0.35, cx + side * r * 0.45 + r * 0.12,
+                      cy - r * 0.1], fill=(40, 200, 60))  # fmt: skip
+        for dy in (-0.1, 0.05, 0.2):
+            draw.line([(cx + side * r * 0.3, cy + r * 0.3), (cx + side * r * 1.5, cy + r * (0.3 + dy * 2))],
+                      fill=(250, 250, 250), width=max(1, line // 2))  # fmt: skip
+    return image.filter(ImageFilter.GaussianBlur(radius=size / 256))
+
+
+@dataclass(frozen=True)
+class BreedStyle:
+    """What makes one breed look unlike another."""
+
+    fur: np.ndarray
+    spot: np.ndarray
+    background: np.ndarray
+    head_ratio: float
+    ear_length: float
+    spots: int
+
+
+def breed_style(index: int, seed: int) -> BreedStyle:
+    rng = np.random.default_rng([seed, 7919, index])
+    return BreedStyle(
+        fur=rng.uniform(30, 240, 3),
+        spot=rng.uniform(0, 120, 3),
+        background=rng.uniform(0, 255, 3),
+        head_ratio=float(rng.uniform(0.8, 1.35)),
+        ear_length=float(rng.uniform(0.9, 1.6)),
+        spots=int(rng.integers(2, 7)),
+    )
+
+
+def draw_dog(rng: np.random.Generator, size: int, style: BreedStyle) -> Image.Image:
+    """A dog: long head with drooping ears hanging beside it, dark spots, a big nose."""
+    width = int(size * rng.uniform(0.9, 1.3))
+    height = size
+    image = _background(rng, width, height, style.background)
+    draw = ImageDraw.Draw(image)
+    cx, cy = width * rng.uniform(0.4, 0.6), height * rng.uniform(0.42, 0.55)
+    rx = size * rng.uniform(0.2, 0.27)
+    ry = rx * style.head_ratio
+    fur, spot = _colour(rng, style.fur, 15), _colour(rng, style.spot, 10)
+    for side in (-1, 1):  # drooping ears
+        ear_x = cx + side * rx * 0.95
+        draw.ellipse([ear_x - rx * 0.35, cy - ry * 0.6, ear_x + rx * 0.35, cy + ry * style.ear_length * 0.9],
+                     fill=spot)  # fmt: skip
+    draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fur)
+    for _ in range(style.spots):  # spots
+        sx, sy = cx + rng.uniform(-0.6, 0.6) * rx, cy + rng.uniform(-0.7, 0.3) * ry
+        sr = rx * rng.uniform(0.12, 0.25)
+        draw.ellipse([sx - sr, sy - sr, sx + sr, sy + sr], fill=spot)
+    draw.ellipse([cx - rx * 0.25, cy + ry * 0.45, cx + rx * 0.25, cy + ry * 0.75], fill=(20, 20, 20))  # nose
+    for side in (-1, 1):
+        draw.ellipse([cx + side * rx * 0.4 - rx * 0.1, cy - ry * 0.3, cx + side * rx * 0.4 + rx * 0.1,
+                      cy - ry * 0.1], fill=(60, 30, 10))  # fmt: skip
+    return image.filter(ImageFilter.GaussianBlur(radius=size / 256))
+
+
+def _jpeg_bytes(image: Image.Image, rng: np.random.Generator) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(rng.integers(80, 96)))
+    return buffer.getvalue()
+
+
+def _corrupt(data: bytes) -> bytes:
+    """A JPEG cut in the middle of its data, as an interrupted download leaves it."""
+    return data[: max(16, len(data) // 3)]
+
+
+class _Writer:
+    """Writes files into a folder, or into an in-memory zip written out on close."""
+
+    def __init__(self, root: Path, as_zip: bool) -> None:
+        self.root, self.as_zip = root, as_zip
+        self._buffer = io.BytesIO()
+        self._zip = zipfile.ZipFile(self._buffer, "w", zipfile.ZIP_STORED) if as_zip else None
+
+    def write(self, name: str, data: bytes) -> None:
+        if self._zip is not None:
+            self._zip.writestr(name, data)
+        else:
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    def getvalue(self) -> bytes:
+        assert self._zip is not None
+        self._zip.close()
+        return self._buffer.getvalue()
+
+
+def generate(
+    out: str | Path,
+    cats: int = 200,
+    dogs_per_breed: int = 20,
+    breeds: int = 10,
+    size: int = 64,
+    seed: int = 0,
+    as_zip: bool = False,
+    corrupt: int = 0,
+) -> SampleData:
+    """Write both Kaggle layouts under ``out``; ``corrupt`` truncated JPEGs are planted among each.
+
+    Returns the two paths to give ``catdog fuse`` (folders, or zips with ``as_zip``).
+    """
+    if cats < 1 or dogs_per_breed < 1 or breeds < 2:
+        raise CatDogError("sample-data needs --cats >= 1, --dogs-per-breed >= 1 and --breeds >= 2")
+    if breeds > len(BREED_NAMES):
+        raise CatDogError(f"--breeds can be at most {len(BREED_NAMES)}, got {breeds}")
+    if corrupt > min(cats, dogs_per_breed * breeds):
+        raise CatDogError(f"--corrupt {corrupt} is more than the number of cats or dogs generated")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    bad = set(rng.choice(cats, size=corrupt, replace=False).tolist()) if corrupt else set()
+    corrupt_files: list[str] = []
+
+    # Dogs vs. Cats: train/{cat,dog}.<n>.jpg, test1/<n>.jpg, sampleSubmission.csv
+    cats_root = out / CATS_DIRNAME
+    train = _Writer(cats_root, as_zip)
+    for n in range(cats):
+        data = _jpeg_bytes(draw_cat(rng, size), rng)
+        if n in bad:
+            data = _corrupt(data)
+            corrupt_files.append(f"train/cat.{n}.jpg")
+        train.write(f"train/cat.{n}.jpg", data)
+    for n in range(max(2, cats // 10)):  # the competition's own dogs; fusion ignores them
+        train.write(f"train/dog.{n}.jpg", _jpeg_bytes(draw_dog(rng, size, breed_style(n, seed)), rng))
+    test1 = _Writer(cats_root, as_zip)
+    for n in range(1, 4):
+        test1.write(f"test1/{n}.jpg", _jpeg_bytes(draw_cat(rng, size), rng))
+    submission = "id,label\n" + "".join(f"{n},0\n" for n in range(1, 4))
+    if as_zip:
+        cats_source = out / f"{CATS_DIRNAME}.zip"
+        with zipfile.ZipFile(cats_source, "w", zipfile.ZIP_STORED) as outer:
+            outer.writestr("train.zip", train.getvalue())
+            outer.writestr("test1.zip", test1.getvalue())
+            outer.writestr("sampleSubmission.csv", submission)
+    else:
+        cats_source = cats_root
+        (cats_root / "sampleSubmission.csv").write_text(submission)
+
+    # Dog Breed Identification: labels.csv (id,breed), train/<id>.jpg, test/<id>.jpg
+    dogs_root = out / DOGS_DIRNAME
+    dogs = _Writer(dogs_root, as_zip)
+    id_rng = np.random.default_rng([seed, 1])
+    rows: list[tuple[str, str]] = []
+    for b in range(breeds):
+        style = breed_style(b, seed)
+        for _ in range(dogs_per_breed):
+            image_id = uuid.UUID(bytes=id_rng.bytes(16), version=4).hex
+            rows.append((image_id, BREED_NAMES[b]))
+            dogs.write(f"train/{image_id}.jpg", _jpeg_bytes(draw_dog(rng, size, style), rng))
+    order = np.random.default_rng([seed, 2]).permutation(len(rows))
+    rows = [rows[i] for i in order]
+    for i in np.random.default_rng([seed, 3]).choice(len(rows), size=corrupt, replace=False):
+        image_id = rows[int(i)][0]
+        corrupt_files.append(f"train/{image_id}.jpg")
+        dogs.write(f"train/{image_id}.jpg", _corrupt(_jpeg_bytes(draw_dog(rng, size, breed_style(0, seed)), rng)))
+    labels = io.StringIO()
+    writer = csv.writer(labels, lineterminator="\n")
+    writer.writerow(["id", "breed"])
+    writer.writerows(rows)
+    dogs.write("labels.csv", labels.getvalue().encode())
+    test_ids = [uuid.UUID(bytes=id_rng.bytes(16), version=4).hex for _ in range(3)]
+    for image_id in test_ids:
+        dogs.write(f"test/{image_id}.jpg", _jpeg_bytes(draw_dog(rng, size, breed_style(0, seed)), rng))
+    header = "id," + ",".join(BREED_NAMES[:breeds]) + "\n"
+    dogs.write("sample_submission.csv", (header + "".join(f"{i}{',0' * breeds}\n" for i in test_ids)).encode())
+    if as_zip:
+        dogs_source = out / f"{DOGS_DIRNAME}.zip"
+        dogs_source.write_bytes(dogs.getvalue())
+    else:
+        dogs_source = dogs_root
+    return SampleData(cats_source, dogs_source, tuple(corrupt_files))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="catdog sample-data", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write both layouts into")
+    parser.add_argument("--cats", type=int, default=200, help="cat images (default 200)")
+    parser.add_argument("--dogs-per-breed", type=int, default=20, help="dog images per breed (default 20)")
+    parser.add_argument("--breeds", type=int, default=10, help=f"breeds, at most {len(BREED_NAMES)} (default 10)")
+    parser.add_argument("--size", type=int, default=64, help="image height in pixels (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--zip", action="store_true", help="write the zips Kaggle ships instead of folders")
+    parser.add_argument("--corrupt", type=int, default=0, help="truncated JPEGs to plant among cats and dogs")
+    parser.add_argument("--force", action="store_true", help="replace existing sample data in --out")
+    args = parser.parse_args(argv)
+    for name in (CATS_DIRNAME, DOGS_DIRNAME, f"{CATS_DIRNAME}.zip", f"{DOGS_DIRNAME}.zip"):
+        existing = args.out / name
+        if existing.exists():
+            if not args.force:
+                raise CatDogError(f"{existing} already exists; pass --force to replace it")
+            shutil.rmtree(existing) if existing.is_dir() else existing.unlink()
+    result = generate(args.out, args.cats, args.dogs_per_breed, args.breeds, args.size, args.seed, args.zip,
+                      args.corrupt)  # fmt: skip
+    usable = args.cats - args.corrupt
+    print(f"cats: {result.cats_source}\ndogs: {result.dogs_source}")
+    print(f"next: catdog fuse --cats-source {result.cats_source} --dogs-source {result.dogs_source} "
+          f"--out dataset --cat-train {int(usable * 0.72)} --cat-test {usable - int(usable * 0.72)}")  # fmt: skip
+    return 0
