@@ -134,8 +134,7 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLargeError(
-                    f"{name}: image is {width}x{height} = {width * height} pixels, above the limit of "
-                    f"{max_pixels}"
+                    f"{name}: image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
                 )
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
