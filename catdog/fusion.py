@@ -50,6 +50,7 @@ SPLIT_FILE = "split.json"
 MANIFEST_COLUMNS = ("split", "label", "breed", "source", "destination", "sha256", "size", "status", "detail")
 CAT_NAME = re.compile(r"^cat\.(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 DOG_NAME = re.compile(r"^dog\.(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+_KAGGLE_NAME = re.compile(r"^(cat|dog)\.(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _CHUNK = 256
 
@@ -118,15 +119,6 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[],
 
 def _basename(name: str) -> str:
     return PurePosixPath(name.split("!")[-1]).name
-
-
-def _strip_to_train(name: str) -> str | None:
-    """The part of ``name`` after its ``train/`` folder (or ``train.zip!``), or None if not under one."""
-    parts = re.split(r"[/!]", name)
-    for i, part in enumerate(parts[:-1]):
-        if part in {"train", "train.zip"}:
-            return "/".join(parts[i + 1 :])
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,23 +233,31 @@ def _place(item: Item, data: bytes, out: Path, mode: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Listing the two Kaggle layouts
 # --------------------------------------------------------------------------------------------------
+def _folder(name: str) -> str:
+    """The folder part of a source file name (zip nesting included)."""
+    return name[: max(name.rfind("/"), name.rfind("!")) + 1]
+
+
 def list_cats(files: list[SourceFile], location: Path) -> tuple[list[Item], list[Item], int]:
-    """Cats (``cat.<n>.jpg`` in a train folder/zip), other unexpected files, and the count of
-    competition dogs (``dog.<n>.jpg``, not used)."""
+    """Cats (``cat.<n>.jpg``), unexpected files beside them, and the count of competition dogs
+    (``dog.<n>.jpg``, not used). Other competition files (``test1/``, the sample CSV) are not read."""
     cats: list[Item] = []
-    others: list[Item] = []
     dogs = 0
+    image_folders: set[str] = set()
     for f in files:
-        inner = _strip_to_train(f.name)
         base = _basename(f.name)
-        if inner is None and not CAT_NAME.match(base) and not DOG_NAME.match(base):
-            continue  # test1/, sampleSubmission.csv and other competition files
         if CAT_NAME.match(base):
             cats.append(Item(f, "cat"))
+            image_folders.add(_folder(f.name))
         elif DOG_NAME.match(base):
             dogs += 1
-        else:
-            others.append(Item(f, "cat", status="unrecognised", detail="not named cat.<n>.jpg or dog.<n>.jpg"))
+            image_folders.add(_folder(f.name))
+    others = [
+        Item(f, "cat", status="unrecognised", detail="not named cat.<n>.jpg or dog.<n>.jpg")
+        for f in files
+        if _folder(f.name) in image_folders
+        and not (CAT_NAME.match(_basename(f.name)) or DOG_NAME.match(_basename(f.name)))
+    ]
     if not cats:
         raise CatDogError(
             f"cats source {location}: found no cat.<n>.jpg files. Point --cats-source at the Kaggle "

@@ -242,18 +242,20 @@ def generate(
     dogs = _Writer(dogs_root, as_zip)
     id_rng = np.random.default_rng([seed, 1])
     rows: list[tuple[str, str]] = []
+    total_dogs = breeds * dogs_per_breed
+    bad_dogs = set(np.random.default_rng([seed, 3]).choice(total_dogs, size=corrupt, replace=False).tolist())
     for b in range(breeds):
         style = breed_style(b, seed)
         for _ in range(dogs_per_breed):
             image_id = uuid.UUID(bytes=id_rng.bytes(16), version=4).hex
+            data = _jpeg_bytes(draw_dog(rng, size, style), rng)
+            if len(rows) in bad_dogs:
+                data = _corrupt(data)
+                corrupt_files.append(f"train/{image_id}.jpg")
             rows.append((image_id, BREED_NAMES[b]))
-            dogs.write(f"train/{image_id}.jpg", _jpeg_bytes(draw_dog(rng, size, style), rng))
+            dogs.write(f"train/{image_id}.jpg", data)
     order = np.random.default_rng([seed, 2]).permutation(len(rows))
     rows = [rows[i] for i in order]
-    for i in np.random.default_rng([seed, 3]).choice(len(rows), size=corrupt, replace=False):
-        image_id = rows[int(i)][0]
-        corrupt_files.append(f"train/{image_id}.jpg")
-        dogs.write(f"train/{image_id}.jpg", _corrupt(_jpeg_bytes(draw_dog(rng, size, breed_style(0, seed)), rng)))
     labels = io.StringIO()
     writer = csv.writer(labels, lineterminator="\n")
     writer.writerow(["id", "breed"])
