@@ -1,0 +1,259 @@
+"""``CatDogDataModule``: the fused ``dataset/{train,test}/{cat,dog}`` as PyTorch data loaders.
+
+Every loader yields ``(images, labels)``: a float32 tensor of shape (N, 3, size, size) normalised
+with the model's mean/std, and int64 labels in :data:`catdog.CLASSES` order (0 = cat, 1 = dog).
+Validation is carved out of ``train/`` (stratified, seeded); ``test/`` is the test set; ``predict``
+reads ``predict_dir`` (default ``test/``). Training images go through the albumentations pipeline of
+:func:`catdog.transforms.train_augmentation`; everything else through the one
+:func:`catdog.transforms.eval_transform`.
+
+Plain PyTorch use (the Poutyne trainer does this)::
+
+    dm = CatDogDataModule("dataset", image_size=224, batch_size=32)
+    dm.setup("fit")
+    for images, labels in dm.train_dataloader(): ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from catdog import CLASSES, CatDogError
+from catdog.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DEFAULT_MODEL = "tf_efficientnetv2_b2"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted for a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def labelled_images(split_dir: Path) -> tuple[list[Path], list[int]]:
+    """``split_dir/{cat,dog}/*`` as (paths, labels); raises :class:`CatDogError` naming what is missing."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(CLASSES):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            raise CatDogError(
+                f"{class_dir}: folder not found; data.data_dir must hold train/{{cat,dog}} and test/{{cat,dog}} "
+                "as written by `catdog fuse`"
+            )
+        found = list_images(class_dir)
+        if not found:
+            raise CatDogError(f"{class_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        paths += found
+        labels += [index] * len(found)
+    return paths, labels
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): ``val_fraction`` of every class goes to validation, chosen with ``seed``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise CatDogError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    labels_array = np.asarray(labels)
+    train: list[int] = []
+    val: list[int] = []
+    for cls in np.unique(labels_array):
+        members = np.flatnonzero(labels_array == cls)
+        members = members[rng.permutation(len(members))]
+        n_val = int(round(len(members) * val_fraction))
+        if val_fraction > 0 and len(members) > 1:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val += members[:n_val].tolist()
+        train += members[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+class ImageDataset(Dataset):
+    """Images and labels; ``augment`` (albumentations) for training, else :func:`eval_transform`."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int],
+        config: PreprocessConfig,
+        augment: Callable[..., dict[str, Any]] | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError("paths and labels differ in length")
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(v) for v in labels]
+        self.config = config
+        self.augment = augment
+        self.max_pixels = max_pixels
+        self._seeded_in: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _seed_augment(self) -> None:
+        """Seed albumentations once per process/worker from torch's seed (reproducible under seed_everything)."""
+        info = torch.utils.data.get_worker_info()
+        key = (os.getpid(), info.id if info is not None else -1)
+        if self._seeded_in != key:
+            seed = (info.seed if info is not None else torch.initial_seed()) % (2**32)
+            self.augment.set_random_seed(int(seed))  # type: ignore[union-attr]
+            self._seeded_in = key
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = open_image(self.paths[index], max_pixels=self.max_pixels)
+        if self.augment is None:
+            array = eval_transform(image, self.config)
+        else:
+            self._seed_augment()
+            array = self.augment(image=np.asarray(image))["image"].transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.labels[index]
+
+
+def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.stack([item[0] for item in batch])
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+    return images, labels
+
+
+class CatDogDataModule(pl.LightningDataModule):
+    """Train/val/test/predict loaders over a fused dataset.
+
+    Args:
+        data_dir: folder with ``train/{cat,dog}`` and ``test/{cat,dog}`` (the output of ``catdog fuse``).
+        image_size: input size in pixels (the CLI links it to ``model.image_size``).
+        batch_size: images per batch (per device).
+        val_fraction: part of each class of ``train/`` held out for validation (stratified, seeded).
+        num_workers: loader worker processes (0 loads in the main process).
+        pin_memory: pin batches in page-locked memory (useful with a GPU).
+        persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
+        seed: seed of the validation split.
+        model_name: timm model whose mean/std/interpolation/crop normalise the images (the CLI links it
+            from ``model.model_name``).
+        augment_scale: area range of the training random resized crop.
+        predict_dir: folder of images for ``predict`` (default ``<data_dir>/test``); labels come from a
+            ``cat``/``dog`` parent folder, else -1.
+        max_pixels: refuse images with more pixels than this (decompression bomb guard).
+        preprocess: explicit preprocessing (overrides ``model_name``/``image_size``), for use outside the CLI.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = "dataset",
+        image_size: int = 224,
+        batch_size: int = 32,
+        val_fraction: float = 0.15,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 42,
+        model_name: str = DEFAULT_MODEL,
+        augment_scale: tuple[float, float] = (0.6, 1.0),
+        predict_dir: str | os.PathLike[str] | None = None,
+        max_pixels: int | None = 50_000_000,
+        preprocess: PreprocessConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["preprocess"])
+        if batch_size < 1:
+            raise CatDogError(f"data.batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise CatDogError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.data_dir = Path(data_dir)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.model_name = model_name
+        self.augment_scale = tuple(augment_scale)
+        self.predict_dir = Path(predict_dir) if predict_dir is not None else None
+        self.max_pixels = max_pixels
+        self._preprocess = preprocess
+        self.train_set: ImageDataset | None = None
+        self.val_set: ImageDataset | None = None
+        self.test_set: ImageDataset | None = None
+        self.predict_set: ImageDataset | None = None
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        """The eval preprocessing (mean/std from the model's timm data config, size ``image_size``)."""
+        if self._preprocess is None:
+            from catdog.model import preprocess_config_for
+
+            self._preprocess = preprocess_config_for(self.model_name, self.image_size)
+        return self._preprocess
+
+    def _check_data_dir(self) -> None:
+        if not self.data_dir.is_dir():
+            raise CatDogError(
+                f"data.data_dir {self.data_dir}: folder not found; create it with `catdog fuse ... --out "
+                f"{self.data_dir}` (or `catdog sample-data` then `catdog fuse` for generated data)"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._check_data_dir()
+        config = self.preprocess_config
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            paths, labels = labelled_images(self.data_dir / "train")
+            train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
+            if not val_idx:
+                raise CatDogError(f"data.val_fraction {self.val_fraction} leaves no validation images")
+            augment = train_augmentation(config, scale=self.augment_scale)  # type: ignore[arg-type]
+            self.train_set = ImageDataset(
+                [paths[i] for i in train_idx], [labels[i] for i in train_idx], config, augment, self.max_pixels
+            )
+            self.val_set = ImageDataset(
+                [paths[i] for i in val_idx], [labels[i] for i in val_idx], config, None, self.max_pixels
+            )
+        if stage in (None, "test") and self.test_set is None:
+            paths, labels = labelled_images(self.data_dir / "test")
+            self.test_set = ImageDataset(paths, labels, config, None, self.max_pixels)
+        if stage in (None, "predict") and self.predict_set is None:
+            folder = self.predict_dir or self.data_dir / "test"
+            if not folder.is_dir():
+                raise CatDogError(f"data.predict_dir {folder}: folder not found")
+            paths = list_images(folder)
+            if not paths:
+                raise CatDogError(f"data.predict_dir {folder}: no images found")
+            labels = [CLASSES.index(p.parent.name) if p.parent.name in CLASSES else -1 for p in paths]
+            self.predict_set = ImageDataset(paths, labels, config, None, self.max_pixels)
+
+    def _loader(self, dataset: ImageDataset | None, shuffle: bool, stage: str) -> DataLoader:
+        if dataset is None:
+            self.setup(stage)
+            dataset = {"fit": self.train_set, "validate": self.val_set, "test": self.test_set}.get(
+                stage, self.predict_set
+            )
+        return DataLoader(
+            dataset,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=_collate,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, "fit")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, False, "predict")

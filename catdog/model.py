@@ -1,0 +1,393 @@
+"""The network (timm) and its LightningModule.
+
+* :func:`build_network` creates a timm model with a 2-class head, optionally from local weights
+  (``pretrained_file``) or the hub cache, never from the network.
+* :func:`preprocess_config_for` turns timm's data config (mean, std, interpolation, crop) into the
+  :class:`~catdog.transforms.PreprocessConfig` shared by training, export and serving.
+* :class:`CatDogClassifier` trains it: cross-entropy with optional label smoothing, AdamW with a linear
+  warm-up then cosine decay, optional backbone freeze for the first epochs, torchmetrics accuracy / F1 /
+  AUROC (validation and test) and a confusion matrix at test. At the end of ``test`` it writes
+  ``<trainer.default_root_dir>/metrics.json`` (see :mod:`catdog.metrics`).
+* :func:`load_classifier` reads a checkpoint back for export (CPU, eval mode).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torchmetrics
+from torch import nn
+from torch.nn import functional as F
+
+from catdog import CLASSES, CatDogError
+from catdog.metrics import RunMetrics, write_metrics
+from catdog.transforms import PreprocessConfig
+
+DEFAULT_MODEL = "tf_efficientnetv2_b2"
+
+_HOW_TO_PROVIDE_WEIGHTS = (
+    "Provide local weights with model.pretrained_file=<path to a timm state dict (.pth/.bin/.safetensors) or a "
+    "catdog checkpoint> (e.g. `--model.pretrained_file weights/tf_efficientnetv2_b2.pth`), put the timm weights "
+    "in the Hugging Face hub cache (HF_HOME), or train from scratch with model.pretrained=false "
+    "(configs/scratch.yaml)."
+)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters in ``module`` (all of them, or only those that require a gradient)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file as a plain timm state dict; a catdog/Lightning checkpoint has its prefix removed."""
+    from timm.models import load_state_dict
+
+    try:
+        state_dict = load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as err:  # torch.load / safetensors raise many different types
+        raise CatDogError(
+            f"model.pretrained_file {path}: cannot read it as a PyTorch state dict ({type(err).__name__}: {err}). "
+            + _HOW_TO_PROVIDE_WEIGHTS
+        ) from err
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CatDogError(f"model.pretrained_file {path}: no weights found in the file. " + _HOW_TO_PROVIDE_WEIGHTS)
+    prefix = "network."
+    if all(key.startswith(prefix) for key in state_dict):  # a CatDogClassifier checkpoint
+        state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _hub_cached_weights(model_name: str) -> str | None:
+    """Path of the timm weights for ``model_name`` already in the local HF hub or torch hub cache, if any."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub ships with timm
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo_id, _, revision = cfg.hf_hub_id.partition("@")
+            names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+            for name in names:
+                found = try_to_load_from_cache(repo_id, name, revision=revision or None)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return found
+    if isinstance(cfg.url, str) and cfg.url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def build_network(
+    model_name: str = DEFAULT_MODEL,
+    num_classes: int = len(CLASSES),
+    pretrained: bool = False,
+    pretrained_file: str | os.PathLike[str] | None = None,
+    exportable: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create ``model_name`` with timm and a ``num_classes`` head; never downloads anything.
+
+    ``pretrained_file`` (implies ``pretrained``) loads a local state dict: an ImageNet file has its
+    classifier replaced by a fresh ``num_classes`` head, a file that already has a ``num_classes`` head
+    (a fine-tuned model) keeps it. ``pretrained=True`` without a file uses the hub cache when the weights
+    are there, otherwise raises :class:`CatDogError` saying how to provide them. ``exportable`` sets
+    timm's layer config for ONNX export. Extra ``kwargs`` go to ``timm.create_model`` (``drop_rate``, ...).
+    """
+    import timm
+
+    if not timm.is_model(model_name.split(".")[0]):
+        raise CatDogError(
+            f"model.model_name {model_name!r} is not a timm model; see timm.list_models() (default {DEFAULT_MODEL!r})"
+        )
+    create = dict(num_classes=num_classes, exportable=exportable, **kwargs)
+    if pretrained_file is None and not pretrained:
+        return timm.create_model(model_name, pretrained=False, **create)
+    if pretrained_file is None:
+        cached = _hub_cached_weights(model_name)
+        if cached is None:
+            raise CatDogError(
+                f"model.pretrained is true but no weights for {model_name!r} are available offline "
+                "(no model.pretrained_file and nothing in the hub cache). " + _HOW_TO_PROVIDE_WEIGHTS
+            )
+        pretrained_file = cached
+    path = Path(pretrained_file).expanduser()
+    if not path.is_file():
+        raise CatDogError(f"model.pretrained_file {path}: file not found. " + _HOW_TO_PROVIDE_WEIGHTS)
+    state_dict = _load_weights_file(path)
+    # timm drops the file's classifier whenever the overlay's num_classes differs from the model's, so tell
+    # it how many classes the file really has: a fine-tuned 2-class head then survives, a 1000-class one is
+    # replaced.
+    probe = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    classifier = probe.pretrained_cfg.get("classifier") or "classifier"
+    classifier = classifier[0] if isinstance(classifier, list | tuple) else classifier
+    head = state_dict.get(f"{classifier}.weight")
+    file_classes = int(head.shape[0]) if head is not None else num_classes
+    overlay = dict(state_dict=state_dict, num_classes=file_classes)
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **create)
+    except RuntimeError as err:
+        raise CatDogError(
+            f"model.pretrained_file {path}: its weights do not fit {model_name!r} ({str(err).splitlines()[0]}). "
+            "Use weights saved from the same architecture, or set model.model_name to match the file."
+        ) from err
+
+
+def preprocess_config_for(network_or_model_name: nn.Module | str, image_size: int) -> PreprocessConfig:
+    """The eval preprocessing for a timm network (or model name) at ``image_size`` pixels.
+
+    Mean, std, interpolation and crop percentage come from timm's ``resolve_data_config``; the input
+    size is the one given (models here train at sizes other than their ImageNet default).
+    """
+    from timm.data import resolve_data_config
+
+    if isinstance(network_or_model_name, str):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(network_or_model_name)
+        data_config = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {"x": 0})
+    else:
+        data_config = resolve_data_config({}, model=network_or_model_name)
+    interpolation = data_config.get("interpolation", "bicubic")
+    return PreprocessConfig(
+        image_size=int(image_size),
+        mean=tuple(float(v) for v in data_config["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in data_config["std"]),  # type: ignore[arg-type]
+        crop_pct=float(data_config.get("crop_pct", 1.0)),
+        interpolation=interpolation if interpolation in {"nearest", "bilinear", "bicubic", "lanczos"} else "bicubic",
+    )
+
+
+class CatDogClassifier(pl.LightningModule):
+    """A timm network trained to tell cats (0) from dogs (1).
+
+    Args:
+        model_name: any timm model name.
+        pretrained: start from ImageNet weights (``pretrained_file`` or the hub cache; see :func:`build_network`).
+        pretrained_file: local weights file; implies ``pretrained``.
+        image_size: training and eval input size in pixels (linked from ``data.image_size`` by the CLI).
+        lr: peak AdamW learning rate, reached after the warm-up.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up length (fraction of the run at most 0.5), then cosine decay to
+            ``min_lr_ratio * lr``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        label_smoothing: cross-entropy label smoothing.
+        freeze_backbone_epochs: train only the classifier for this many epochs first.
+        drop_rate: dropout before the classifier (timm ``drop_rate``).
+        load_weights: build with the pretrained weights; :func:`load_classifier` passes ``False`` because the
+            checkpoint's state dict replaces them anyway.
+    """
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_MODEL,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        image_size: int = 224,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.0,
+        freeze_backbone_epochs: int = 0,
+        drop_rate: float = 0.2,
+        exportable: bool = False,
+        load_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["load_weights", "exportable"])
+        use_weights = load_weights and (pretrained or pretrained_file is not None)
+        self.network = build_network(
+            model_name,
+            num_classes=len(CLASSES),
+            pretrained=use_weights,
+            pretrained_file=pretrained_file if use_weights else None,
+            exportable=exportable,
+            drop_rate=drop_rate,
+        )
+        self.preprocess_config = preprocess_config_for(self.network, image_size)
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        stage_metrics = lambda: torchmetrics.MetricCollection(  # noqa: E731
+            {
+                "acc": torchmetrics.classification.BinaryAccuracy(),
+                "f1": torchmetrics.classification.BinaryF1Score(),
+                "auroc": torchmetrics.classification.BinaryAUROC(),
+            }
+        )
+        self.train_acc = torchmetrics.classification.BinaryAccuracy()
+        self.val_metrics = stage_metrics().clone(prefix="val_")
+        self.test_metrics = stage_metrics().clone(prefix="test_")
+        self.test_confusion = torchmetrics.classification.BinaryConfusionMatrix()
+        self.epochs_trained = 0
+        self.train_seconds = 0.0
+        self._fit_started: float | None = None
+        self._seconds_before_fit = 0.0
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.hparams.pretrained or self.hparams.pretrained_file)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (N, 2) for images of shape (N, 3, H, W) normalised by :attr:`preprocess_config`."""
+        return self.network(images)
+
+    # training -------------------------------------------------------------------------------------
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        head = {id(p) for p in self.network.get_classifier().parameters()}
+        for param in self.network.parameters():
+            if id(param) not in head:
+                param.requires_grad_(trainable)
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+        self._seconds_before_fit = self.train_seconds
+        if self.global_rank == 0:
+            total, trainable = count_parameters(self.network), count_parameters(self.network, trainable_only=True)
+            print(
+                f"{self.hparams.model_name} ({'pretrained' if self.pretrained else 'from scratch'}), "
+                f"{total:,} parameters ({trainable:,} trainable), input {self.hparams.image_size} px, "
+                f"classes {dict(enumerate(CLASSES))}"
+            )
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        self._set_backbone_trainable(not frozen)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        self.train_acc(logits.argmax(dim=1), targets)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(targets))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.epochs_trained = self.current_epoch + 1
+        self._update_train_seconds()
+
+    def _update_train_seconds(self) -> None:
+        if self._fit_started is not None:
+            self.train_seconds = self._seconds_before_fit + time.perf_counter() - self._fit_started
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets)
+        dog_prob = logits.softmax(dim=1)[:, 1]
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(dog_prob, targets)
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, batch_size=len(targets), sync_dist=True)
+        self.log_dict(metrics, prog_bar=stage == "val", on_epoch=True, batch_size=len(targets))
+        if stage == "test":
+            self.test_confusion.update(dog_prob, targets)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        probs = self(images).softmax(dim=1)
+        return {"probs": probs, "pred": probs.argmax(dim=1), "target": targets}
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_metrics.compute()
+        matrix = self.test_confusion.compute().cpu().tolist()
+        self.test_confusion.reset()
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return
+        ckpt_path = getattr(self.trainer, "ckpt_path", None)
+        metrics = RunMetrics(
+            model=self.hparams.model_name,
+            framework="lightning",
+            pretrained=self.pretrained,
+            accuracy=float(results["test_acc"]),
+            f1=float(results["test_f1"]),
+            auroc=float(results["test_auroc"]),
+            confusion_matrix=[[int(v) for v in row] for row in matrix],
+            num_params=count_parameters(self.network),
+            epochs=int(self.epochs_trained),
+            train_seconds=round(float(self.train_seconds), 3),
+            checkpoint=str(Path(ckpt_path).resolve()) if ckpt_path else None,
+        )
+        path = write_metrics(metrics, self.trainer.default_root_dir)
+        print(f"metrics written to {path}")
+
+    # checkpoint bookkeeping ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._update_train_seconds()
+        running_epoch = self.current_epoch + 1 if self.trainer is not None and self.trainer.training else 0
+        checkpoint["catdog"] = {
+            "epochs_trained": max(self.epochs_trained, running_epoch),
+            "train_seconds": self.train_seconds,
+            "classes": list(CLASSES),
+            "preprocess": self.preprocess_config.as_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get("catdog", {})
+        self.epochs_trained = int(info.get("epochs_trained", checkpoint.get("epoch", -1) + 1))
+        self.train_seconds = float(info.get("train_seconds", 0.0))
+
+    # optimisation ---------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.network.named_parameters():
+            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1
+        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 0
+        total = int(total) if math.isfinite(total) and total > 0 else 1
+        per_epoch = total / epochs if epochs and epochs > 0 else total
+        warmup = int(min(self.hparams.warmup_epochs * per_epoch, 0.5 * total))
+        min_ratio = self.hparams.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_classifier(ckpt_path: str | os.PathLike[str], exportable: bool = False) -> CatDogClassifier:
+    """Load a :class:`CatDogClassifier` checkpoint on the CPU in eval mode.
+
+    The pretrained weights file named in the checkpoint's hyperparameters is not needed (the
+    checkpoint's state dict holds the trained weights). ``exportable=True`` rebuilds the network with
+    timm's ``exportable`` layer config and loads the same state dict (for ONNX export).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CatDogError(f"checkpoint {path}: file not found (train one with `catdog fit -c configs/scratch.yaml`)")
+    try:
+        model = CatDogClassifier.load_from_checkpoint(
+            path, map_location="cpu", load_weights=False, exportable=exportable, weights_only=False
+        )
+    except (KeyError, RuntimeError, TypeError, EOFError, OSError) as err:
+        raise CatDogError(f"checkpoint {path}: not a readable catdog checkpoint ({type(err).__name__}: {err})") from err
+    return model.eval()
