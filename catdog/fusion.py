@@ -397,8 +397,8 @@ def _previous_run(out: Path) -> dict | None:
     return None
 
 
-def _prepare_out(out: Path, fingerprint: dict[str, object], overwrite: bool) -> bool:
-    """Make ``out`` ready; True when it holds a run with the same arguments (rerun or resume)."""
+def _check_out(out: Path, fingerprint: dict[str, object], overwrite: bool) -> bool:
+    """Refuse an output folder we must not touch; True when it holds a run with the same arguments."""
     previous = _previous_run(out)
     if previous is not None and previous.get("arguments") == fingerprint:
         return True
@@ -415,13 +415,17 @@ def _prepare_out(out: Path, fingerprint: dict[str, object], overwrite: bool) -> 
                 f"output folder {out} holds the only copies of files moved there by --mode move; "
                 "--overwrite would delete them. Choose another --out"
             )
-        for name in (*SPLITS, MANIFEST, SPLIT_FILE):
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
     return False
+
+
+def _clear_out(out: Path) -> None:
+    """Remove what an earlier fusion wrote (and only that) before writing anew."""
+    for name in (*SPLITS, MANIFEST, SPLIT_FILE):
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
@@ -468,6 +472,7 @@ def fuse(
         return FusionResult(out, previous["counts"], previous["train_breeds"], previous["test_breeds"], [],
                             previous["leaks"], unchanged=True)  # fmt: skip
 
+    rerun = _check_out(out, fingerprint, overwrite)
     with Source(cats_source, "cats") as cats_src, Source(dogs_source, "dogs") as dogs_src:
         if mode != "copy":
             for src in (cats_src, dogs_src):
@@ -483,7 +488,8 @@ def fuse(
                 f"{cats_src.location} holds only {len(cats)}; lower --cat-train/--cat-test"
             )
         train_breeds, test_breeds_ = split_breeds([d.breed for d in dogs], seed, test_breed_fraction, test_breeds)
-        rerun = _prepare_out(out, fingerprint, overwrite)
+        if not rerun:
+            _clear_out(out)
         for split in SPLITS:
             for label in CLASSES:
                 (out / split / label).mkdir(parents=True, exist_ok=True)
