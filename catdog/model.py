@@ -169,6 +169,51 @@ def preprocess_config_for(network_or_model_name: nn.Module | str, image_size: in
     )
 
 
+def binary_metrics() -> torchmetrics.MetricCollection:
+    """Accuracy, F1 and AUROC of the dog probability (keys ``acc``, ``f1``, ``auroc``), shared by the trainers."""
+    return torchmetrics.MetricCollection(
+        {
+            "acc": torchmetrics.classification.BinaryAccuracy(),
+            "f1": torchmetrics.classification.BinaryF1Score(),
+            "auroc": torchmetrics.classification.BinaryAUROC(),
+        }
+    )
+
+
+def build_optimizer(
+    network: nn.Module,
+    lr: float,
+    weight_decay: float,
+    warmup_epochs: float,
+    min_lr_ratio: float,
+    total_steps: float,
+    epochs: int,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases and norms) with a per-step linear warm-up then cosine decay.
+
+    ``total_steps`` is the number of optimizer steps of the whole run and ``epochs`` its epoch count
+    (0 when unknown); the warm-up lasts ``warmup_epochs`` epochs, at most half the run. Call
+    ``scheduler.step()`` after every optimizer step.
+    """
+    decay, no_decay = [], []
+    for name, param in network.named_parameters():
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    total = int(total_steps) if math.isfinite(total_steps) and total_steps > 0 else 1
+    per_epoch = total / epochs if epochs and epochs > 0 else total
+    warmup = int(min(warmup_epochs * per_epoch, 0.5 * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class CatDogClassifier(pl.LightningModule):
     """A timm network trained to tell cats (0) from dogs (1).
 
@@ -219,16 +264,9 @@ class CatDogClassifier(pl.LightningModule):
         self.preprocess_config = preprocess_config_for(self.network, image_size)
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        stage_metrics = lambda: torchmetrics.MetricCollection(  # noqa: E731
-            {
-                "acc": torchmetrics.classification.BinaryAccuracy(),
-                "f1": torchmetrics.classification.BinaryF1Score(),
-                "auroc": torchmetrics.classification.BinaryAUROC(),
-            }
-        )
         self.train_acc = torchmetrics.classification.BinaryAccuracy()
-        self.val_metrics = stage_metrics().clone(prefix="val_")
-        self.test_metrics = stage_metrics().clone(prefix="test_")
+        self.val_metrics = binary_metrics().clone(prefix="val_")
+        self.test_metrics = binary_metrics().clone(prefix="test_")
         self.test_confusion = torchmetrics.classification.BinaryConfusionMatrix()
         self.epochs_trained = 0
         self.train_seconds = 0.0
@@ -347,30 +385,17 @@ class CatDogClassifier(pl.LightningModule):
 
     # optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.network.named_parameters():
-            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.lr,
-        )
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1
         epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 0
-        total = int(total) if math.isfinite(total) and total > 0 else 1
-        per_epoch = total / epochs if epochs and epochs > 0 else total
-        warmup = int(min(self.hparams.warmup_epochs * per_epoch, 0.5 * total))
-        min_ratio = self.hparams.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optimizer, scheduler = build_optimizer(
+            self.network,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            warmup_epochs=self.hparams.warmup_epochs,
+            min_lr_ratio=self.hparams.min_lr_ratio,
+            total_steps=total,
+            epochs=epochs,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
