@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# catdog serving image: `catdog serve` (LitServe + onnxruntime, no torch) on the ONNX files mounted at
+# /models. Build: `docker compose up --build` or `docker build -t catdog .` (see docs/container.md).
+#
+# Behind a TLS-intercepting proxy, hand the proxy's CA bundle to the pip step as a build secret; it is
+# mounted for that one step only and never stored in the image:
+#   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt -t catdog .
+#   podman build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt -t catdog .
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- build: a virtual environment with catdog[serve] and nothing else ----
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml ./
+COPY catdog ./catdog
+# pip trusts the system CA bundle (which the optional secret replaces for this step), not its own copy.
+# The wheel cache lives in a cache mount, outside the image. Then the venv is trimmed to what serving
+# runs: no pip/setuptools, no bundled test suites; and it must hold no torch.
+RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=cache,target=/root/.cache/pip \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install ".[serve]" \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && find /opt/venv/lib/python3*/site-packages/numpy /opt/venv/lib/python3*/site-packages/pandas \
+        -depth -type d -name tests -exec rm -rf {} + \
+    && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+    && /opt/venv/bin/python -c "import catdog.cli, numpy, onnxruntime, litserve, multipart, PIL"
+
+# ---- runtime: the base image + the venv, as a non-root user ----
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --user-group --uid 10001 --create-home --home-dir /home/catdog catdog
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    CATDOG_MODELS=pretrained=/models/pretrained.onnx,scratch=/models/scratch.onnx
+USER catdog
+WORKDIR /home/catdog
+EXPOSE 8000
+# No curl in a slim image: the probe is Python's urllib (a non-2xx answer or no answer exits non-zero).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+CMD ["catdog", "serve", "--host", "0.0.0.0", "--port", "8000"]
