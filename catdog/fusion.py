@@ -80,11 +80,14 @@ class Source(contextlib.ExitStack):
 
     def files(self) -> list[SourceFile]:
         if self.location.is_dir():
-            return [
-                SourceFile(p.relative_to(self.location).as_posix(), str(p), p.read_bytes, p)
-                for p in sorted(self.location.rglob("*"))
-                if p.is_file()
-            ]
+            found = []
+            for folder, _, names in os.walk(self.location):
+                relative = os.path.relpath(folder, self.location)
+                prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+                for name in names:
+                    path = Path(folder, name)
+                    found.append(SourceFile(prefix + name, str(path), path.read_bytes, path))
+            return sorted(found, key=lambda f: f.name)
         return self._zip_files(self.location, str(self.location))
 
     def _open_zip(self, location: Path | io.IOBase, ref: str) -> zipfile.ZipFile:
@@ -124,19 +127,30 @@ def _basename(name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Verifying and placing files
 # --------------------------------------------------------------------------------------------------
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+PNG_START = b"\x89PNG\r\n\x1a\n"
+
+
 def check_image(data: bytes, full: bool = False) -> str | None:
-    """None if ``data`` is a usable image, else the reason. ``quick`` reads the header and checks that
-    a JPEG ends with its end-of-image marker (truncated downloads do not); ``full`` decodes all pixels."""
+    """None if ``data`` is a usable image, else the reason.
+
+    ``quick`` checks the signature and that the file ends with its end marker (a truncated download does
+    not); ``full`` decodes every pixel with Pillow.
+    """
     if not data:
         return "empty file"
+    if not full:
+        if data.startswith(JPEG_START):
+            if data.endswith(JPEG_END) or data.rstrip(b"\x00\r\n ").endswith(JPEG_END):
+                return None
+            return "truncated JPEG (no end-of-image marker)"
+        if data.startswith(PNG_START):
+            return None if b"IEND" in data[-16:] else "truncated PNG (no IEND chunk)"
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in {"JPEG", "PNG"}:
                 return f"unsupported image format {image.format}"
-            if full:
-                image.load()
-            elif image.format == "JPEG" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-                return "truncated JPEG (no end-of-image marker)"
+            image.load()
     except UnidentifiedImageError:
         return "not an image"
     except (OSError, SyntaxError, ValueError) as err:
@@ -194,40 +208,46 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _place(item: Item, data: bytes, out: Path, mode: str) -> None:
-    """Put one verified item at ``out/<destination>``; a no-op when an identical file is already there."""
+def _place(item: Item, data: bytes, out: Path, mode: str, fresh: bool) -> None:
+    """Put one verified item at ``out/<destination>``.
+
+    On a ``fresh`` output files are written straight away; otherwise an identical file already there is
+    left alone (reruns change nothing) and a different or partial one is replaced. A half-written file
+    from an interrupted run is caught the same way, since split.json marks a run complete only at the end.
+    """
     target = out / item.destination
     source_path = item.file.path
     if mode == "symlink":
         assert source_path is not None
         link_to = source_path.resolve()
-        if target.is_symlink() and Path(os.readlink(target)) == link_to:
+        if not fresh and target.is_symlink() and Path(os.readlink(target)) == link_to:
             return
         target.unlink(missing_ok=True)
         target.symlink_to(link_to)
         return
-    if target.exists() and not target.is_symlink() and target.stat().st_size == item.size:
+    if not fresh and target.exists() and not target.is_symlink() and target.stat().st_size == item.size:
         if mode == "hardlink" and source_path is not None and target.samefile(source_path):
             return
         if _sha256_file(target) == item.sha256:
             return
-    partial = target.with_name(f".{target.name}.partial")
     if mode == "hardlink":
         assert source_path is not None
-        partial.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
         try:
-            os.link(source_path, partial)
+            os.link(source_path, target)
         except OSError as err:
             raise CatDogError(
                 f"cannot hardlink {source_path} into {out} ({err.strerror}); hardlinks need the output on "
                 "the same filesystem as the source: use --mode copy or --mode symlink"
             ) from err
-    else:
-        partial.write_bytes(data)
-        if mode == "move" and _sha256_file(partial) != item.sha256:
-            partial.unlink()
-            raise CatDogError(f"copy of {item.file.ref} to {target} does not match the source; nothing moved")
-    os.replace(partial, target)
+        return
+    if not fresh and target.is_symlink():
+        target.unlink()
+    with open(target, "wb") as handle:
+        handle.write(data)
+    if mode == "move" and _sha256_file(target) != item.sha256:
+        target.unlink()
+        raise CatDogError(f"copy of {item.file.ref} to {target} does not match the source; nothing moved")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,7 +534,7 @@ def fuse(
         def assign_dog(item: Item) -> None:
             item.split = side_of_breed[item.breed]
 
-        workers = workers or min(16, 4 * (os.cpu_count() or 1))
+        workers = workers or min(8, 2 * (os.cpu_count() or 1))
         bar = tqdm(total=len(cats) + len(dogs), desc="fuse", unit="img", disable=not progress)
         with ThreadPoolExecutor(workers) as pool:
             writes = []
@@ -527,7 +547,7 @@ def fuse(
                     assign(item)
                     if item.split in SPLITS:
                         item.destination = f"{item.split}/{item.label}/{_basename(item.file.name)}"
-                        writes.append(pool.submit(_place, item, data, out, mode))
+                        writes.append(pool.submit(_place, item, data, out, mode, not rerun))
 
             for chunk in _chunks(cats, _CHUNK):
                 if taken["test"] == wanted["test"]:  # train fills first, so both are full
