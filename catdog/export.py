@@ -1,0 +1,283 @@
+"""``catdog export``: checkpoints to self-describing, verified ONNX files for ``catdog serve``.
+
+Usage::
+
+    catdog export --ckpt runs/pretrained/checkpoints/best.ckpt --out models/pretrained.onnx
+    catdog export --ckpt pretrained=runs/pretrained/checkpoints/best.ckpt \\
+                  --ckpt scratch=runs/scratch/checkpoints/best.ckpt --out-dir models/
+
+The core is :func:`export_onnx`, which works on any ``nn.Module``: ``torch.onnx.export`` (the
+``torch.export``-based exporter) of the network in eval mode, rebuilt with timm's ``exportable=True``
+(timm's ``tf_`` models pad 'SAME' for a fixed size, so only the batch axis is dynamic and the image
+size is the one in the metadata). The file is one self-contained ``.onnx`` (weights inside, no side
+``.data`` file) whose ``metadata_props`` carry the class names, the preprocessing
+(:meth:`catdog.transforms.PreprocessConfig.to_metadata`), the model name and the checkpoint's sha256.
+Every export is verified before it replaces the output file: ``onnx.checker`` and onnxruntime against
+torch on a random batch (max abs difference ``<= atol``, 1e-4 by default); otherwise :class:`ExportError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from catdog import DISPLAY_NAMES, CatDogError, __version__
+from catdog.transforms import PreprocessConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: Names of the graph's input and output.
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(CatDogError):
+    """The exported model failed its verification (checker or onnxruntime vs torch)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A verified ONNX file and how close onnxruntime came to torch."""
+
+    path: Path
+    max_abs_diff: float
+    size_bytes: int
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_metadata(
+    preprocess_config: PreprocessConfig, model_name: str, checkpoint_sha256: str | None = None
+) -> dict[str, str]:
+    """The ``metadata_props`` written into every exported file (read back by ``catdog serve``)."""
+    import torch
+
+    return {
+        "classes": json.dumps({str(i): name for i, name in enumerate(DISPLAY_NAMES)}),
+        "model_name": model_name,
+        "checkpoint_sha256": checkpoint_sha256 or "",
+        **preprocess_config.to_metadata(),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "output": "logits; softmax gives the class probabilities",
+        "catdog_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def verify_onnx(
+    path: str | os.PathLike[str],
+    network: nn.Module,
+    image_size: int,
+    batch_sizes: Sequence[int] = (1, 3),
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> float:
+    """``onnx.checker`` plus onnxruntime vs ``network`` on random batches; returns the max abs difference.
+
+    Raises :class:`ExportError` when the checker fails or the difference is above ``atol``.
+    """
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    try:
+        onnx.checker.check_model(os.fspath(path), full_check=True)
+    except Exception as err:  # onnx raises ValidationError / InferenceError
+        raise ExportError(f"{path}: onnx.checker rejected the exported model: {err}") from err
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    network.eval()
+    for batch in batch_sizes:
+        images = torch.randn(batch, 3, image_size, image_size, generator=generator)
+        with torch.inference_mode():
+            expected = network(images).float().numpy()
+        (actual,) = session.run(None, {INPUT_NAME: images.numpy()})
+        if actual.shape != expected.shape:
+            raise ExportError(f"{path}: onnxruntime output shape {actual.shape} != torch {expected.shape}")
+        worst = max(worst, float(np.abs(actual - expected).max()))
+    if not worst <= atol:  # also catches NaN
+        raise ExportError(
+            f"{path}: onnxruntime and torch disagree (max abs difference {worst:.3g} > {atol:g}); the file "
+            "was not written. Check that the network was built with exportable=True and is deterministic in eval."
+        )
+    return worst
+
+
+def export_onnx(
+    network: nn.Module,
+    preprocess_config: PreprocessConfig,
+    out_path: str | os.PathLike[str],
+    model_name: str,
+    checkpoint_sha256: str | None = None,
+    *,
+    opset: int | None = None,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Export ``network`` (logits for (N, 3, S, S) images, S = ``preprocess_config.image_size``) to ``out_path``.
+
+    Dynamic batch axis, weights inside the one file, catdog metadata, then :func:`verify_onnx`. The file
+    is written next to ``out_path`` and renamed over it only once verified, so a failed export leaves
+    any previous file untouched and no partial one.
+    """
+    import onnx
+    import torch
+
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise CatDogError(f"--out {out}: the output file name must end in .onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.onnx")
+    size = preprocess_config.image_size
+    network = network.eval()
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        program = torch.onnx.export(
+            network,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as err:  # the exporter raises many different types
+        raise ExportError(f"{out}: torch.onnx.export failed for {model_name}: {type(err).__name__}: {err}") from err
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata(preprocess_config, model_name, checkpoint_sha256).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"catdog {model_name}: cat (0) vs dog (1) logits for {size}x{size} normalised images"
+    try:
+        onnx.save_model(proto, tmp, save_as_external_data=False)
+        diff = verify_onnx(tmp, network, size, atol=atol)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(out, diff, out.stat().st_size)
+
+
+def export_checkpoint(
+    ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, opset: int | None = None, atol: float = 1e-4
+) -> ExportResult:
+    """Load a :class:`~catdog.model.CatDogClassifier` checkpoint (exportable layers) and :func:`export_onnx` it."""
+    from catdog.model import load_classifier
+
+    classifier = load_classifier(ckpt_path, exportable=True)
+    return export_onnx(
+        classifier.network,
+        classifier.preprocess_config,
+        out_path,
+        model_name=str(classifier.hparams.model_name),
+        checkpoint_sha256=file_sha256(ckpt_path),
+        opset=opset,
+        atol=atol,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+def _default_name(ckpt: Path) -> str:
+    """``runs/<name>/checkpoints/x.ckpt`` -> ``<name>``; otherwise the file's stem."""
+    if ckpt.parent.name == "checkpoints" and ckpt.parent.parent.name:
+        return ckpt.parent.parent.name
+    return ckpt.stem
+
+
+def parse_ckpt_spec(spec: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH`` (Lightning file names contain '=', so an existing file wins)."""
+    name, sep, rest = spec.partition("=")
+    if sep and not Path(spec).exists() and _NAME_RE.match(name) and rest:
+        return name, Path(rest)
+    return None, Path(spec)
+
+
+def plan_exports(ckpts: Sequence[str], out: str | None, out_dir: str | None) -> list[tuple[Path, Path]]:
+    """``[(checkpoint, onnx file)]`` from the command line's ``--ckpt``/``--out``/``--out-dir``."""
+    if not ckpts:
+        raise CatDogError("give at least one --ckpt PATH (or --ckpt NAME=PATH)")
+    if (out is None) == (out_dir is None):
+        raise CatDogError("give either --out FILE.onnx (one checkpoint) or --out-dir DIR (files named DIR/NAME.onnx)")
+    specs = [parse_ckpt_spec(spec) for spec in ckpts]
+    if out is not None:
+        if len(specs) != 1:
+            raise CatDogError(f"--out takes one checkpoint, {len(specs)} given; use --out-dir DIR with NAME=PATH")
+        return [(specs[0][1], Path(out))]
+    plan: list[tuple[Path, Path]] = []
+    for name, ckpt in specs:
+        target = Path(out_dir) / f"{name or _default_name(ckpt)}.onnx"  # type: ignore[arg-type]
+        if target in {t for _, t in plan}:
+            raise CatDogError(f"two checkpoints would both be written to {target}; name them with --ckpt NAME=PATH")
+        plan.append((ckpt, target))
+    return plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="catdog export",
+        description="Export catdog checkpoints to verified, self-describing ONNX files (dynamic batch axis).",
+    )
+    parser.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a Lightning checkpoint; repeat with NAME=PATH and --out-dir to export several",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--out", help="output file (one checkpoint), e.g. models/pretrained.onnx")
+    target.add_argument(
+        "--out-dir", help="output folder: writes DIR/NAME.onnx (NAME from NAME=PATH or runs/NAME/checkpoints)"
+    )
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| allowed (1e-4)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``catdog export``: export each checkpoint, print where it went and how close it is to torch."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    plan = plan_exports(args.ckpt, args.out, args.out_dir)
+    for ckpt, _ in plan:
+        if not ckpt.is_file():
+            raise CatDogError(f"--ckpt {ckpt}: file not found (train one with `catdog fit -c configs/scratch.yaml`)")
+    for ckpt, target in plan:
+        result = export_checkpoint(ckpt, target, opset=args.opset, atol=args.atol)
+        meta: dict[str, Any] = read_onnx_metadata(result.path)
+        print(
+            f"{ckpt} -> {result.path} ({result.size_bytes / 1e6:.1f} MB, {meta['model_name']}, "
+            f"{meta['image_size']} px, max |onnxruntime - torch| = {result.max_abs_diff:.2e})"
+        )
+    return 0
