@@ -194,7 +194,14 @@ def export_checkpoint(
     """Load a :class:`~catdog.model.CatDogClassifier` checkpoint (exportable layers) and :func:`export_onnx` it."""
     from catdog.model import load_classifier
 
-    classifier = load_classifier(ckpt_path, exportable=True)
+    try:
+        classifier = load_classifier(ckpt_path, exportable=True)
+    except CatDogError:
+        raise
+    except Exception as err:  # torch.load on a file that is not a checkpoint: UnpicklingError, ValueError, ...
+        raise CatDogError(
+            f"--ckpt {ckpt_path}: not a readable catdog checkpoint ({type(err).__name__}: {err})"
+        ) from err
     return export_onnx(
         classifier.network,
         classifier.preprocess_config,

@@ -1,0 +1,194 @@
+"""``catdog export``: checkpoints to one self-contained, self-describing ONNX file that matches torch."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catdog import CatDogError, cli
+from catdog.transforms import PreprocessConfig
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.slow
+
+SMALL_MODEL = "tf_mobilenetv3_small_minimal_100"  # timm, TF 'SAME' padding like the default model, 1M params
+IMAGE_SIZE = 40
+
+
+def _save_checkpoint(path: Path, seed: int) -> None:
+    """A real Lightning checkpoint of a :class:`CatDogClassifier` with non-trivial batch-norm statistics."""
+    import lightning.pytorch as pl
+
+    from catdog.model import CatDogClassifier
+
+    torch.manual_seed(seed)
+    model = CatDogClassifier(model_name=SMALL_MODEL, image_size=IMAGE_SIZE)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    trainer = pl.Trainer(
+        default_root_dir=path.parent,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.strategy.connect(model)
+    model.trainer = trainer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    paths = {
+        "pretrained": root / "pretrained" / "checkpoints" / "best.ckpt",
+        "scratch": root / "scratch" / "checkpoints" / "epoch=0-step=1.ckpt",  # '=' as Lightning names them
+    }
+    for seed, path in enumerate(paths.values()):
+        _save_checkpoint(path, seed)
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _torch_logits(ckpt: Path, images: np.ndarray) -> np.ndarray:
+    from catdog.model import load_classifier
+
+    classifier = load_classifier(ckpt)  # the training layers (not exportable): export must still match them
+    with torch.inference_mode():
+        return classifier(torch.from_numpy(images)).numpy()
+
+
+def test_export_writes_one_verified_self_describing_file(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from catdog.model import load_classifier
+
+    ckpt = checkpoints["pretrained"]
+    out = tmp_path / "models" / "pretrained.onnx"
+    assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pretrained.onnx"]  # no side .data, no temp file
+    model = onnx.load(str(out), load_external_data=False)
+    onnx.checker.check_model(model, full_check=True)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["classes"] == '{"0": "Cat", "1": "Dog"}'
+    assert meta["model_name"] == SMALL_MODEL
+    assert meta["checkpoint_sha256"] == _sha256(ckpt)
+    classifier = load_classifier(ckpt)
+    assert PreprocessConfig.from_metadata(meta) == classifier.preprocess_config
+    assert meta["image_size"] == str(IMAGE_SIZE)
+
+    (graph_input,) = model.graph.input
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # dynamic batch axis
+    assert [d.dim_value for d in dims[1:]] == [3, IMAGE_SIZE, IMAGE_SIZE]  # fixed image size
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch in (1, 5):
+        images = rng.standard_normal((batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        (logits,) = session.run(None, {graph_input.name: images})
+        expected = _torch_logits(ckpt, images)
+        assert logits.shape == (batch, 2)
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    assert np.abs(expected).max() > 1e-3  # the comparison is not between two zero outputs
+
+
+def test_export_several_checkpoints_in_one_call(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out_dir = tmp_path / "models"
+    argv = ["export", "--ckpt", f"best={checkpoints['pretrained']}", "--ckpt", str(checkpoints["scratch"])]
+    assert cli.main([*argv, "--out-dir", str(out_dir)]) == 0
+    # NAME=PATH names the first; the second is named after its run folder runs/scratch/checkpoints/...
+    assert sorted(p.name for p in out_dir.iterdir()) == ["best.onnx", "scratch.onnx"]
+    for name, ckpt in [("best", checkpoints["pretrained"]), ("scratch", checkpoints["scratch"])]:
+        meta = {p.key: p.value for p in onnx.load(str(out_dir / f"{name}.onnx")).metadata_props}
+        assert meta["checkpoint_sha256"] == _sha256(ckpt)
+
+
+def test_default_architecture_exports_with_dynamic_batch(tmp_path: Path) -> None:
+    """tf_efficientnetv2_b2, the project's model, through :func:`export_onnx` on a bare network."""
+    from catdog.export import export_onnx, read_onnx_metadata
+    from catdog.model import build_network, preprocess_config_for
+
+    torch.manual_seed(0)
+    network = build_network("tf_efficientnetv2_b2", exportable=True).eval()
+    config = preprocess_config_for(network, 32)
+    result = export_onnx(network, config, tmp_path / "b2.onnx", "tf_efficientnetv2_b2", checkpoint_sha256=None)
+    assert result.max_abs_diff <= 1e-4
+    assert read_onnx_metadata(result.path)["model_name"] == "tf_efficientnetv2_b2"
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(1).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    (logits,) = session.run(None, {"image": images})
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, network(torch.from_numpy(images)).numpy(), atol=1e-4, rtol=0)
+
+
+class _Noisy(torch.nn.Module):
+    """Exports fine, but its output depends on a random draw: onnxruntime cannot match torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.conv(x).mean(dim=(2, 3))
+        return logits + torch.rand_like(logits)
+
+
+def test_export_fails_loudly_when_onnxruntime_disagrees(tmp_path: Path) -> None:
+    from catdog.export import ExportError, export_onnx
+
+    out = tmp_path / "noisy.onnx"
+    out.write_bytes(b"previous export")
+    with pytest.raises(ExportError, match="max abs difference"):
+        export_onnx(_Noisy(), PreprocessConfig(image_size=16), out, "noisy")
+    assert out.read_bytes() == b"previous export"  # the old file survives, nothing half-written beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noisy.onnx"]
+
+
+def test_command_line_mistakes_are_clear_errors(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from catdog.export import parse_ckpt_spec, plan_exports
+
+    assert cli.main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "missing.ckpt: file not found" in capsys.readouterr().err
+    not_a_ckpt = tmp_path / "notes.ckpt"
+    not_a_ckpt.write_text("not a checkpoint")
+    assert cli.main(["export", "--ckpt", str(not_a_ckpt), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "notes.ckpt" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+    two = ["--ckpt", "a=x.ckpt", "--ckpt", "b=y.ckpt"]
+    with pytest.raises(CatDogError, match="--out takes one checkpoint"):
+        plan_exports(two[1::2], str(tmp_path / "m.onnx"), None)
+    with pytest.raises(CatDogError, match="either --out"):
+        plan_exports(["x.ckpt"], None, None)
+    with pytest.raises(CatDogError, match="both be written"):
+        plan_exports(["a=x.ckpt", "a=y.ckpt"], None, str(tmp_path))
+    with pytest.raises(CatDogError, match=r"\.onnx"):
+        from catdog.export import export_onnx
+
+        export_onnx(_Noisy(), PreprocessConfig(image_size=16), tmp_path / "model.bin", "noisy")
+
+    scratch = checkpoints["scratch"]
+    assert parse_ckpt_spec(str(scratch)) == (None, scratch)  # an existing file with '=' is a path
+    assert parse_ckpt_spec(f"scratch={scratch}") == ("scratch", scratch)
+    copied = tmp_path / "runs" / "x" / "checkpoints" / "last.ckpt"
+    copied.parent.mkdir(parents=True)
+    shutil.copy(scratch, copied)
+    assert plan_exports([str(copied)], None, str(tmp_path / "m")) == [(copied, tmp_path / "m" / "x.onnx")]
