@@ -90,7 +90,8 @@ class SaveModel(Callback):
     """Save the network's state dict after epoch ``epoch`` and upload it to ``upload_uri``.
 
     The file is ``<directory>/model_epoch<N>.pth`` (a timm state dict with the 2-class head). When
-    training stops before ``epoch`` the final network is saved at the end instead. An upload failure is
+    training stops before ``epoch`` (end of the run, or early stopping: place SaveModel after
+    EarlyStopping) the network of the last epoch is saved instead. An upload failure is
     printed (with the reason and a fix) and recorded in :attr:`upload_error`; training continues and the
     local file stays.
     """
@@ -105,7 +106,6 @@ class SaveModel(Callback):
         self.saved_path: Path | None = None
         self.uploaded_to: str | None = None
         self.upload_error: str | None = None
-        self._last_epoch = 0
 
     def save(self, epoch_number: int) -> Path:
         """Write the network's state dict for ``epoch_number`` (atomically) and upload it when asked."""
@@ -135,14 +135,12 @@ class SaveModel(Callback):
             print(f"model uploaded to {self.uploaded_to}")
 
     def on_epoch_end(self, epoch_number: int, logs: dict) -> None:
-        self._last_epoch = epoch_number
-        if epoch_number == self.epoch:
+        planned = (self.params or {}).get("epochs", epoch_number + 1)
+        last_epoch = getattr(self.model, "stop_training", False) or epoch_number >= planned
+        if epoch_number == self.epoch or (self.saved_path is None and last_epoch):
+            if epoch_number != self.epoch:
+                print(f"training ends at epoch {epoch_number}, before save_model_epoch {self.epoch}: saving it now")
             self.save(epoch_number)
-
-    def on_train_end(self, logs: dict) -> None:
-        if self.saved_path is None and self._last_epoch > 0:
-            print(f"training ended at epoch {self._last_epoch}, before save_model_epoch {self.epoch}: saving it now")
-            self.save(self._last_epoch)
 
 
 class StepScheduler(Callback):
