@@ -15,19 +15,28 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/venv
 WORKDIR /src
+# pip trusts the system CA bundle (which the optional secret replaces for these steps), not its own copy;
+# its wheel cache lives in a cache mount, outside the image.
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+# Dependencies first, from pyproject.toml alone (with an empty package), so that editing catdog's code
+# reuses this layer.
 COPY pyproject.toml ./
-COPY catdog ./catdog
-# pip trusts the system CA bundle (which the optional secret replaces for this step), not its own copy.
-# The wheel cache lives in a cache mount, outside the image. Then the venv is trimmed to what serving
-# runs: no pip/setuptools, no bundled test suites; and it must hold no torch.
 RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/root/.cache/pip \
-    PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install ".[serve]" \
+    mkdir catdog && touch catdog/__init__.py \
+    && /opt/venv/bin/pip install ".[serve]" \
+    && /opt/venv/bin/pip uninstall --yes catdog && rm -r catdog
+# Then catdog itself, and the venv trimmed to what serving runs: no pip/setuptools, no bundled test
+# suites; and it must hold no torch.
+COPY catdog ./catdog
+RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
+    --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && find /opt/venv/lib/python3*/site-packages/numpy /opt/venv/lib/python3*/site-packages/pandas \
         -depth -type d -name tests -exec rm -rf {} + \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
-    && /opt/venv/bin/python -c "import catdog.cli, numpy, onnxruntime, litserve, multipart, PIL"
+    && /opt/venv/bin/python -c "import catdog.cli, catdog.transforms, numpy, onnxruntime, litserve, multipart, PIL"
 
 # ---- runtime: the base image + the venv, as a non-root user ----
 FROM ${PYTHON_IMAGE}
