@@ -1,0 +1,39 @@
+"""The four Keras baselines of the original work, on the same fused data as the torch models.
+
+Run them with ``python -m keras_baselines train --model NAME --data dataset``. This package imports
+neither keras nor torch at import time: the Keras backend (``--backend``, default TensorFlow) is chosen
+from the command line and set in ``KERAS_BACKEND`` before keras is first imported. Results are written
+as ``metrics.json`` through :mod:`catdog.metrics`, so the results table lists them next to the torch runs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BACKENDS", "DEFAULT_OUT", "MODEL_NAMES", "use_backend"]
+
+import os
+import sys
+
+from catdog import CatDogError
+
+#: ``--model`` values, in the order ``--model all`` trains them.
+MODEL_NAMES: tuple[str, ...] = ("effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn", "vgg16")
+#: Supported Keras backends; the first is the default.
+BACKENDS: tuple[str, ...] = ("tensorflow", "torch")
+#: Where a run lands by default: ``runs/keras/<model>``.
+DEFAULT_OUT = os.path.join("runs", "keras")
+
+
+def use_backend(name: str) -> None:
+    """Select the Keras backend; must run before keras is imported (it reads ``KERAS_BACKEND`` once)."""
+    if name not in BACKENDS:
+        raise CatDogError(f"--backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        current = keras.backend.backend()
+        if current != name:
+            raise CatDogError(
+                f"--backend {name}: keras is already imported with the {current!r} backend in this process; "
+                f"run in a fresh process or set KERAS_BACKEND={name} before importing keras"
+            )
+        return
+    os.environ["KERAS_BACKEND"] = name

@@ -1,0 +1,130 @@
+"""``python -m keras_baselines {train,evaluate}``.
+
+Arguments are parsed first; then ``--backend`` is set in ``KERAS_BACKEND`` and only then is keras
+imported (the training modules import it at module level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from catdog import CatDogError
+from keras_baselines import BACKENDS, DEFAULT_OUT, MODEL_NAMES, use_backend
+
+
+def _default_backend() -> str:
+    env = os.environ.get("KERAS_BACKEND")
+    return env if env in BACKENDS else BACKENDS[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``keras_baselines`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=_default_backend(),
+        help="Keras backend (default: $KERAS_BACKEND if supported, else tensorflow)",
+    )
+    common.add_argument("--batch-size", type=int, default=32)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_baselines",
+        description="Train and evaluate the four Keras baselines on the fused cat/dog dataset.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", parents=[common], help="train, test and write metrics.json")
+    train.add_argument("--model", required=True, choices=(*MODEL_NAMES, "all"), help="model, or all four")
+    train.add_argument("--data", required=True, type=Path, help="fused dataset with train/ and test/")
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"run directory (default {DEFAULT_OUT}/<model>); with --model all, the parent of the four",
+    )
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--val-fraction", type=float, default=0.2, help="of train/, seeded split")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--learning-rate", type=float, default=None, help="default: per model")
+    train.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    train.add_argument("--min-delta", type=float, default=0.0, help="early stopping minimum improvement")
+    train.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch (smoke runs)")
+    train.add_argument(
+        "--weights", type=Path, default=None, help="effnetv2b2_imagenet: local .weights.h5/.h5 of the no-top base"
+    )
+    train.add_argument("--offline", action="store_true", help="never download weights")
+    train.add_argument("--no-augment", dest="augment", action="store_false", help="disable augmentation")
+    train.add_argument("--eager", action="store_true", help="run eagerly, no graph compilation (smoke runs)")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a saved .keras model on test/")
+    evaluate.add_argument("--model-path", required=True, type=Path, help="a .keras file written by train")
+    evaluate.add_argument("--data", required=True, type=Path, help="fused dataset with test/")
+    evaluate.add_argument("--out", type=Path, default=None, help="where metrics.json goes (default: run dir)")
+    evaluate.add_argument("--name", default=None, help="model name in metrics.json (default: from run.json)")
+    return parser
+
+
+def _summary(metrics) -> str:
+    return (
+        f"{metrics.model}: accuracy {metrics.accuracy:.4f}  f1 {metrics.f1:.4f}  auroc {metrics.auroc:.4f}  "
+        f"epochs {metrics.epochs}  {metrics.train_seconds:.1f}s"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute parsed arguments (keras is imported here, after the backend is set)."""
+    use_backend(args.backend)
+    from keras_baselines import train as train_lib
+
+    if args.command == "evaluate":
+        metrics = train_lib.evaluate(
+            args.model_path, args.data, out=args.out, batch_size=args.batch_size, name=args.name
+        )
+        print(_summary(metrics))
+        return 0
+
+    names = MODEL_NAMES if args.model == "all" else (args.model,)
+    if args.weights is not None and "effnetv2b2_imagenet" not in names:
+        raise CatDogError(f"--weights applies to effnetv2b2_imagenet only, not {args.model}")
+    for name in names:
+        parent = Path(DEFAULT_OUT) if args.out is None else args.out
+        out = args.out if args.out is not None and args.model != "all" else parent / name
+        config = train_lib.TrainConfig(
+            model=name,
+            data=args.data,
+            out=out,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
+            min_delta=args.min_delta,
+            steps_per_epoch=args.steps_per_epoch,
+            weights=args.weights if name == "effnetv2b2_imagenet" else None,
+            offline=args.offline,
+            augment=args.augment,
+            run_eagerly=args.eager,
+            verbose=0 if args.quiet else 2,
+        )
+        metrics = train_lib.train(config)
+        print(_summary(metrics))
+        print(f"  -> {out / 'metrics.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except CatDogError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
