@@ -92,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     names = MODEL_NAMES if args.model == "all" else (args.model,)
     if args.weights is not None and "effnetv2b2_imagenet" not in names:
         raise CatDogError(f"--weights applies to effnetv2b2_imagenet only, not {args.model}")
+    # Fail before any training: a missing dataset or ImageNet file should not surface after hours.
+    from keras_baselines.data import check_dataset
+    from keras_baselines.models import resolve_imagenet_weights
+
+    check_dataset(args.data)
+    if "effnetv2b2_imagenet" in names:
+        resolve_imagenet_weights(args.weights, offline=args.offline)
     for name in names:
         parent = Path(DEFAULT_OUT) if args.out is None else args.out
         out = args.out if args.out is not None and args.model != "all" else parent / name

@@ -205,6 +205,7 @@ def test_imagenet_weights_load_from_a_local_file(base_weights: tuple[Path, list]
     assert not all(np.array_equal(a, b) for a, b in zip(scratch, expected, strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_wrong_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     from keras_baselines.models import build_model
 
@@ -222,6 +223,9 @@ def test_missing_weights_errors(
     assert main([*base, "--model", "effnetv2b2_imagenet", "--offline"]) == 2
     message = capsys.readouterr().err
     assert "--weights PATH" in message and "efficientnetv2-b2_notop.h5" in message
+    # --model all checks the weights before training anything.
+    assert main([*base, "--model", "all", "--offline"]) == 2
+    assert "--weights PATH" in capsys.readouterr().err
     assert main([*base, "--model", "effnetv2b2_imagenet", "--weights", str(tmp_path / "none.weights.h5")]) == 2
     assert "none.weights.h5: file not found" in capsys.readouterr().err
     assert main([*base, "--model", "effnetv2b2_imagenet", "--weights", str(tmp_path / "w.npz")]) == 2
@@ -323,3 +327,33 @@ def test_torch_backend_trains_without_tensorflow(tiny_dataset: Path, tmp_path: P
     assert metrics.framework == "keras" and metrics.epochs == 2
     assert [sum(row) for row in metrics.confusion_matrix] == [4, 4]
     assert sorted(p.name for p in (out / "epochs").glob("*.keras")) == ["epoch_001.keras", "epoch_002.keras"]
+
+
+class _FixedOutputs:
+    """Stands in for a model whose test-set outputs are known."""
+
+    def __init__(self, outputs: list[list[float]]) -> None:
+        self.outputs = outputs
+
+    def predict(self, data: object, verbose: int = 0) -> list[list[float]]:
+        return self.outputs
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        [[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.55, 0.45]],  # 2-way softmax
+        [[0.1], [0.6], [0.7], [0.8], [0.45]],  # one sigmoid
+    ],
+)
+def test_evaluation_scores_dog_as_the_positive_class(outputs: list[list[float]]) -> None:
+    from keras_baselines.train import evaluate_model
+
+    files = ["d/test/cat/1.jpg", "d/test/cat/2.jpg", "d/test/dog/3.jpg", "d/test/dog/4.jpg", "d/test/dog/5.jpg"]
+    result = evaluate_model(_FixedOutputs(outputs), None, files)
+    assert result.targets == [0, 0, 1, 1, 1]
+    assert result.confusion_matrix == [[1, 1], [1, 2]]
+    assert result.accuracy == pytest.approx(3 / 5)
+    assert result.f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    # Dog scores 0.7, 0.8, 0.45 against cat scores 0.1, 0.6: 5 of 6 pairs ranked right.
+    assert result.auroc == pytest.approx(5 / 6, abs=2e-3)
