@@ -95,6 +95,7 @@ def build_network(
     pretrained: bool = False,
     pretrained_file: str | os.PathLike[str] | None = None,
     exportable: bool = False,
+    zero_init_head: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Create ``model_name`` with timm and a ``num_classes`` head; never downloads anything.
@@ -103,7 +104,10 @@ def build_network(
     classifier replaced by a fresh ``num_classes`` head, a file that already has a ``num_classes`` head
     (a fine-tuned model) keeps it. ``pretrained=True`` without a file uses the hub cache when the weights
     are there, otherwise raises :class:`CatDogError` saying how to provide them. ``exportable`` sets
-    timm's layer config for ONNX export. Extra ``kwargs`` go to ``timm.create_model`` (``drop_rate``, ...).
+    timm's layer config for ONNX export. ``zero_init_head`` starts a freshly created classifier at zero
+    (timm's EfficientNet init draws it from U(-0.7, 0.7), which gives first logits around +-15 and makes
+    training from scratch unstable); a head loaded from a file is left as it is. Extra ``kwargs`` go to
+    ``timm.create_model`` (``drop_rate``, ...).
     """
     import timm
 
@@ -113,7 +117,8 @@ def build_network(
         )
     create = dict(num_classes=num_classes, exportable=exportable, **kwargs)
     if pretrained_file is None and not pretrained:
-        return timm.create_model(model_name, pretrained=False, **create)
+        network = timm.create_model(model_name, pretrained=False, **create)
+        return _zero_head(network) if zero_init_head else network
     if pretrained_file is None:
         cached = _hub_cached_weights(model_name)
         if cached is None:
@@ -136,12 +141,22 @@ def build_network(
     file_classes = int(head.shape[0]) if head is not None else num_classes
     overlay = dict(state_dict=state_dict, num_classes=file_classes)
     try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **create)
+        network = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **create)
     except RuntimeError as err:
         raise CatDogError(
             f"model.pretrained_file {path}: its weights do not fit {model_name!r} ({str(err).splitlines()[0]}). "
             "Use weights saved from the same architecture, or set model.model_name to match the file."
         ) from err
+    return _zero_head(network) if zero_init_head and file_classes != num_classes else network
+
+
+def _zero_head(network: nn.Module) -> nn.Module:
+    head = network.get_classifier() if hasattr(network, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+    return network
 
 
 def preprocess_config_for(network_or_model_name: nn.Module | str, image_size: int) -> PreprocessConfig:
@@ -348,7 +363,7 @@ class CatDogClassifier(pl.LightningModule):
         results = self.test_metrics.compute()
         matrix = self.test_confusion.compute().cpu().tolist()
         self.test_confusion.reset()
-        if self.trainer is None or not self.trainer.is_global_zero:
+        if self._trainer is None or not self.trainer.is_global_zero:
             return
         ckpt_path = getattr(self.trainer, "ckpt_path", None)
         metrics = RunMetrics(
@@ -370,9 +385,10 @@ class CatDogClassifier(pl.LightningModule):
     # checkpoint bookkeeping ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._update_train_seconds()
-        running_epoch = self.current_epoch + 1 if self.trainer is not None and self.trainer.training else 0
+        if self._trainer is not None and self.trainer.training:  # epochs trained so far, this one included
+            self.epochs_trained = self.trainer.fit_loop.epoch_progress.current.processed
         checkpoint["catdog"] = {
-            "epochs_trained": max(self.epochs_trained, running_epoch),
+            "epochs_trained": self.epochs_trained,
             "train_seconds": self.train_seconds,
             "classes": list(CLASSES),
             "preprocess": self.preprocess_config.as_dict(),
@@ -385,8 +401,8 @@ class CatDogClassifier(pl.LightningModule):
 
     # optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1
-        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 0
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 0
         optimizer, scheduler = build_optimizer(
             self.network,
             lr=self.hparams.lr,
