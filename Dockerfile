@@ -25,7 +25,7 @@ RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/root/.cache/pip \
     mkdir catdog && touch catdog/__init__.py \
     && /opt/venv/bin/pip install ".[serve]" \
-    && /opt/venv/bin/pip uninstall --yes catdog && rm -r catdog
+    && /opt/venv/bin/pip uninstall --yes catdog && rm -rf catdog build catdog.egg-info
 # Then catdog itself, and the venv trimmed to what serving runs: no pip/setuptools, no bundled test
 # suites; and it must hold no torch.
 COPY catdog ./catdog
@@ -35,8 +35,10 @@ RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && find /opt/venv/lib/python3*/site-packages/numpy /opt/venv/lib/python3*/site-packages/pandas \
         -depth -type d -name tests -exec rm -rf {} + \
+    && cd / && rm -r /src \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
-    && /opt/venv/bin/python -c "import catdog.cli, catdog.transforms, numpy, onnxruntime, litserve, multipart, PIL"
+    && /opt/venv/bin/python -c "import catdog.serve, numpy, onnxruntime, litserve, multipart, PIL" \
+    && /opt/venv/bin/catdog --version
 
 # ---- runtime: the base image + the venv, as a non-root user ----
 FROM ${PYTHON_IMAGE}

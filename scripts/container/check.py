@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -215,10 +215,14 @@ def multipart(field: str, filename: str, data: bytes, content_type: str) -> tupl
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def wait_healthy(base_url: str, timeout: float) -> dict[str, Any]:
+def wait_healthy(base_url: str, timeout: float, alive: Callable[[], str | None] | None = None) -> dict[str, Any]:
+    """Poll ``/health`` until 200; ``alive`` returns why the server is gone (then fail at once), or None."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
+        gone = alive() if alive is not None else None
+        if gone:
+            raise CheckFailed(f"the server stopped before {base_url}/health answered: {gone}")
         try:
             status, payload = http("GET", f"{base_url}/health", timeout=3)
             if status == 200:
@@ -399,10 +403,19 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         with step("compose up", timings):
             started = True
             sh([*compose, "up", "-d"], env=env, cwd=ROOT, timeout=300)
-            health = wait_healthy(base_url, timeout=args.health_timeout)
+            container = sh([*compose, "ps", "--format", "{{.Names}}"], env=env, cwd=ROOT).stdout.split()[0]
+
+            def alive() -> str | None:
+                state = sh(
+                    [podman, "inspect", "--format", "{{.State.Status}} {{.RestartCount}}", container], check=False
+                ).stdout.split()
+                if len(state) == 2 and state[0] == "running" and state[1] == "0":
+                    return None
+                return f"container {container} state/restarts: {state}"
+
+            health = wait_healthy(base_url, timeout=args.health_timeout, alive=alive)
             if sorted(health.get("models", {})) != ["pretrained", "scratch"]:
                 raise CheckFailed(f"/health does not list both models: {health}")
-        container = sh([*compose, "ps", "--format", "{{.Names}}"], env=env, cwd=ROOT).stdout.split()[0]
 
         with step("predictions", timings):
             body, headers = multipart("file", "cat.jpg", images["cat.jpg"], "image/jpeg")
