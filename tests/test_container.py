@@ -237,6 +237,7 @@ def test_compose_v2_validates_the_file_and_rejects_a_broken_one(tmp_path: Path) 
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.container
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a cold run installs podman and builds the base image first
 def test_container_check_with_podman(small_models: dict[str, Path]) -> None:
     """``scripts/container-check``: build, compose up, predict, bad uploads, healthcheck, non-root, down."""
     env = {**os.environ, "CATDOG_PYTHON": sys.executable}
@@ -245,7 +246,7 @@ def test_container_check_with_podman(small_models: dict[str, Path]) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=1700,
     )
     output = proc.stdout + proc.stderr
     print(output)
