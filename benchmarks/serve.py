@@ -141,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per model-only figure (best kept)")
     parser.add_argument("--batch-size", type=int, default=16, help="--max-batch-size with batching on (16)")
     parser.add_argument("--batch-timeout", type=float, default=0.01, help="--batch-timeout with batching on")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for torch, onnxruntime and the server's workers; 0 = each library's default. On a "
+        "busy machine multi-threaded torch collapses (its OpenMP threads wait on each other), hence 1",
+    )
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `catdog serve` argument")
     args = parser.parse_args(argv)
 
@@ -162,13 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="catdog-bench-"))
     onnx_path = export_onnx(network, config, workdir / "bench.onnx", model_name, sha).path
     size = config.image_size
-    print(
-        f"{model_name} at {size} px, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}"
-    )
 
     # (a) torch eager vs onnxruntime --------------------------------------------------------------------
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    print(
+        f"{model_name} at {size} px, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), "
+        f"torch {torch.__version__} and onnxruntime {ort.__version__}, {args.threads or 'default'} thread(s)"
+    )
     eager: dict[int, float] = {}
     onnx_rate: dict[int, float] = {}
     for batch in (1, 16):
@@ -209,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[tuple[str, int], dict[str, float]] = {}
     for label, batch_size in (("batching off", 1), (f"batching on ({args.batch_size})", args.batch_size)):
-        process, url = _start_server(onnx_path, batch_size, args.batch_timeout, args.serve_arg)
+        extra = ["--threads", str(args.threads), *args.serve_arg]
+        process, url = _start_server(onnx_path, batch_size, args.batch_timeout, extra)
         try:
             for clients in (1, 8, 16):
                 results[label, clients] = _load(f"{url}/predict/bench", jpegs, clients, args.requests)

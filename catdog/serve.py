@@ -39,6 +39,7 @@ environment variable        option                       meaning (default)
 ``CATDOG_THREADS``          ``--threads``                onnxruntime threads per worker (0 = auto)
 ``CATDOG_MAX_UPLOAD_MB``    ``--max-upload-mb``          largest request body in MB (10)
 ``CATDOG_MAX_IMAGE_PIXELS`` ``--max-image-pixels``       largest decoded image, pixels (40000000)
+``CATDOG_TIMEOUT``           ``--timeout``                seconds a request may wait for a worker (30)
 ``CATDOG_LOG_LEVEL``        ``--log-level``              ``debug|info|warning|error`` (info)
 ==========================  ===========================  ==========================================
 
@@ -585,7 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
         "env CATDOG_MAX_IMAGE_PIXELS (40000000)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=_env("CATDOG_TIMEOUT", "30"), help="request timeout in seconds (30)"
+        "--timeout",
+        type=float,
+        default=_env("CATDOG_TIMEOUT", "30"),
+        help="seconds a request may wait for a worker (504 after); env CATDOG_TIMEOUT (30)",
     )
     parser.add_argument(
         "--log-level",
