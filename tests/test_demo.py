@@ -76,7 +76,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, weights_file: Path, capsys
     match = re.search(r"server stopped \(exit status (\S+)\)", out)
     assert match and match.group(1) == "0"
     port = int(re.search(r"--port (\d+)", out).group(1))
-    with socket.socket() as sock:
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.connect(("127.0.0.1", port))
+    with socket.socket() as sock:  # nothing listens (connections closed by the server may be in TIME_WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
     assert "total" in out[out.index("Time per step:") :]
     assert (workdir / MARKER).is_file()
