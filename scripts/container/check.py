@@ -142,6 +142,10 @@ def export_small_models(models_dir: Path, models: Sequence[tuple[str, str]] = SM
     for seed, (name, arch) in enumerate(models):
         torch.manual_seed(seed)
         network = build_network(arch, exportable=True).eval()
+        # A fresh head starts at zero (every answer 50/50); random weights make answers depend on the image.
+        head = network.get_classifier()
+        torch.nn.init.normal_(head.weight, std=0.5)
+        torch.nn.init.normal_(head.bias, std=0.5)
         out = models_dir / f"{name}.onnx"
         export_onnx(network, preprocess_config_for(network, IMAGE_SIZE), out, model_name=arch)
         paths[name] = out
@@ -336,6 +340,9 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     with step("base image", timings):
         facts["base_image"] = ensure_base_image(podman, install=not args.no_install)
         log(f"{BASE_IMAGE}: {facts['base_image']}")
+        smoke = sh([podman, "run", "--rm", "--pull=never", BASE_IMAGE, "true"], check=False, quiet=True)
+        if smoke.returncode != 0:
+            raise Skip(f"podman cannot run a container here: {(smoke.stderr or smoke.stdout).strip()[-500:]}")
 
     work = Path(tempfile.mkdtemp(prefix="catdog-container-check-"))
     project = args.project
