@@ -37,3 +37,4 @@ def use_backend(name: str) -> None:
             )
         return
     os.environ["KERAS_BACKEND"] = name
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines; warnings stay
