@@ -67,8 +67,9 @@ def upload_file(local_path: str | os.PathLike[str], uri: str) -> str:
     fs, root = fsspec.core.url_to_fs(uri)
     root = root.rstrip("/")
     dest = root if root.endswith(MODEL_SUFFIXES) else f"{root}/{local_path.name}"
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     parent = dest.rsplit("/", 1)[0] if "/" in dest else ""
-    if parent:
+    if parent and protocols & {"file", "local"}:  # object stores have no folders (and must not make buckets)
         fs.makedirs(parent, exist_ok=True)
     fs.put_file(str(local_path), dest)
     return fs.unstrip_protocol(dest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -33,10 +34,10 @@ def _test_size(dataset: Path) -> int:
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-class network saved as a timm state dict: the shared starting point."""
+    """A random 2-class network (head included, so losses depend on the input) saved as a timm state dict."""
     torch.manual_seed(123)
     path = tmp_path_factory.mktemp("weights") / f"{MODEL}.pth"
-    torch.save(build_network(MODEL).state_dict(), path)
+    torch.save(build_network(MODEL, zero_init_head=False).state_dict(), path)
     return path
 
 
@@ -169,6 +170,18 @@ def test_unknown_protocol_upload_is_reported(tmp_path: Path, capsys: pytest.Capt
     assert "nosuchproto://bucket/models" in capsys.readouterr().err
     with pytest.raises(ValueError):
         upload_file(tmp_path / "saved" / "model_epoch1.pth", "nosuchproto://bucket/models")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
+def test_missing_cloud_backend_names_the_package(tmp_path: Path) -> None:
+    class FakeModel:
+        network = torch.nn.Linear(2, 2)
+
+    callback = SaveModel(tmp_path / "saved", epoch=1, upload_uri="gs://catdog-bucket/models")
+    callback.set_model(FakeModel())
+    callback.on_epoch_end(1, {})
+    assert callback.upload_error is not None and "pip install gcsfs" in callback.upload_error
+    assert (tmp_path / "saved" / "model_epoch1.pth").is_file()
 
 
 def test_bad_arguments_are_reported(fused_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
