@@ -19,7 +19,7 @@ Everything a run writes lives under its **run dir**, ``trainer.default_root_dir`
 * ``<run dir>/predictions.csv`` written by ``predict``;
 * ``<run dir>/lightning_logs/version_N/`` (CSV logs + the resolved ``config.yaml``) and
   ``<run dir>/wandb/`` (offline W&B run; ``WANDB_MODE`` defaults to ``offline``, no key needed): loggers in
-  the config without a ``save_dir`` get the run dir.
+  the config with an empty ``save_dir`` get the run dir. Add ``-c configs/logger/csv.yaml`` for CSV only.
 
 ``--ckpt_path best`` / ``last`` resolve to the files above (for ``fit``, ``last`` resumes when it exists
 and starts fresh otherwise). ``test``/``validate``/``predict`` without ``--ckpt_path`` use ``best.ckpt``
@@ -60,6 +60,8 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CHECKPOINT_DIRNAME = "checkpoints"
 BEST_NAME, LAST_NAME = "best", "last"
 DEFAULT_RUN_DIR = "runs/default"
+#: The shipped configs (in a source checkout or editable install): CONFIG_DIR / "scratch.yaml", ...
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:

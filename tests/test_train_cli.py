@@ -1,0 +1,217 @@
+"""``catdog fit/test/validate/predict`` end to end through the real ``catdog`` entry point (LightningCLI)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from catdog.cli import main
+from catdog.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = str(ROOT / "configs" / "scratch.yaml")
+PRETRAINED = str(ROOT / "configs" / "pretrained.yaml")
+CSV_ONLY = str(ROOT / "configs" / "logger" / "csv.yaml")
+DDP = str(ROOT / "configs" / "trainer" / "ddp.yaml")
+
+
+def tiny(data_dir: Path, run_dir: Path, *extra: str, config: str = SCRATCH, csv_only: bool = True) -> list[str]:
+    """Options for a run of a couple of 32 px steps."""
+    return [
+        "-c", config, *(["-c", CSV_ONLY] if csv_only else []),
+        "--data.data_dir", str(data_dir), "--data.image_size", "32", "--data.batch_size", "16",
+        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def epoch_losses(run_dir: Path) -> dict[int, float]:
+    """``train_loss_epoch`` by epoch from the CSV logs of every version under the run dir."""
+    losses: dict[int, float] = {}
+    for path in sorted(run_dir.glob("lightning_logs/version_*/metrics.csv")):
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                if row.get("train_loss_epoch"):
+                    losses[int(row["epoch"])] = float(row["train_loss_epoch"])
+    return losses
+
+
+@pytest.fixture(scope="module")
+def fitted_run(fused_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny fit with the shipped scratch config as is (CSV + offline W&B loggers)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "scratch"
+    assert main(["fit", *tiny(fused_dataset, run_dir, csv_only=False)]) == 0
+    return run_dir
+
+
+def test_fit_writes_best_and_last_checkpoints_and_logs(fitted_run: Path) -> None:
+    checkpoints = fitted_run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    state = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2 and state["catdog"]["epochs_trained"] == 1
+    assert state["hyper_parameters"]["model_name"] == "tf_efficientnetv2_b2"
+    assert state["hyper_parameters"]["image_size"] == 32  # linked from data.image_size
+    assert state["catdog"]["preprocess"]["image_size"] == 32
+    assert 0 in epoch_losses(fitted_run)
+    assert list(fitted_run.glob("wandb/offline-run-*")), "the offline W&B logger should have written a run"
+
+
+def test_test_writes_metrics_json(fitted_run: Path, fused_dataset: Path) -> None:
+    assert main(["test", *tiny(fused_dataset, fitted_run), "--ckpt_path", "best"]) == 0
+    metrics = read_metrics(fitted_run / "metrics.json")  # validates the schema
+    raw = json.loads((fitted_run / "metrics.json").read_text())
+    assert set(raw) == {
+        "model", "framework", "pretrained", "accuracy", "f1", "auroc", "confusion_matrix", "num_params",
+        "epochs", "train_seconds", "checkpoint",
+    }  # fmt: skip
+    assert metrics.framework == "lightning" and metrics.model == "tf_efficientnetv2_b2"
+    assert metrics.pretrained is False and metrics.epochs == 1 and metrics.train_seconds > 0
+    assert metrics.num_params == sum(
+        p.numel() for p in timm.create_model("tf_efficientnetv2_b2", num_classes=2).parameters()
+    )
+    assert metrics.checkpoint == str((fitted_run / "checkpoints" / "best.ckpt").resolve())
+    matrix = metrics.confusion_matrix
+    test_counts = [len(list((fused_dataset / "test" / name).glob("*.jpg"))) for name in ("cat", "dog")]
+    assert [sum(row) for row in matrix] == test_counts  # the whole test set, rows = true class
+    assert metrics.accuracy == pytest.approx((matrix[0][0] + matrix[1][1]) / sum(test_counts), abs=1e-6)
+
+
+def test_validate_and_predict(fitted_run: Path, fused_dataset: Path) -> None:
+    assert main(["validate", *tiny(fused_dataset, fitted_run)]) == 0
+    assert main(["predict", *tiny(fused_dataset, fitted_run), "--ckpt_path", "last"]) == 0
+    with (fitted_run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(1 for _ in (fused_dataset / "test").rglob("*.jpg"))
+    for row in rows:
+        assert row["label"] == Path(row["path"]).parent.name
+        assert row["prediction"] in {"Cat", "Dog"}
+        assert float(row["p_cat"]) + float(row["p_dog"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_resume_from_last_continues_the_epoch_count(fused_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "resume"
+    assert main(["fit", *tiny(fused_dataset, run_dir)]) == 0
+    assert main(["fit", *tiny(fused_dataset, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last")]) == 0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4
+    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
+    assert state["catdog"]["epochs_trained"] == 2
+    assert sorted(epoch_losses(run_dir)) == [0, 1]
+    assert len(list(run_dir.glob("lightning_logs/version_*"))) == 2
+
+
+def test_same_seed_gives_the_same_first_epoch_loss(fitted_run: Path, fused_dataset: Path, tmp_path: Path) -> None:
+    """``fitted_run`` used the config's seed (42) with other loggers; the loss depends only on the seed."""
+    losses = {}
+    for seed in ("42", "7"):
+        run_dir = tmp_path / seed
+        assert main(["fit", *tiny(fused_dataset, run_dir, "--seed_everything", seed)]) == 0
+        losses[seed] = epoch_losses(run_dir)[0]
+    assert losses["42"] == epoch_losses(fitted_run)[0]
+    assert losses["7"] != losses["42"]
+
+
+def test_pretrained_config_with_a_local_weights_file(fused_dataset: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "tf_efficientnetv2_b2.pth"
+    torch.manual_seed(0)
+    imagenet = timm.create_model("tf_efficientnetv2_b2", pretrained=False)  # 1000-class ImageNet shape
+    torch.save(imagenet.state_dict(), weights)
+    run_dir = tmp_path / "pretrained"
+    options = tiny(fused_dataset, run_dir, "--model.pretrained_file", str(weights), config=PRETRAINED)
+    assert main(["fit", *options]) == 0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["hyper_parameters"]["pretrained_file"] == str(weights)
+    # freeze_backbone_epochs: 1 in the config: the first epoch trains only the new head
+    torch.testing.assert_close(state["state_dict"]["network.conv_stem.weight"], imagenet.conv_stem.weight)
+    assert state["state_dict"]["network.classifier.weight"].shape == (2, 1408)
+    assert main(["test", *options]) == 0
+    assert read_metrics(run_dir / "metrics.json").pretrained is True
+
+
+def test_missing_pretrained_weights_is_a_clear_error(
+    fused_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert main(["fit", *tiny(fused_dataset, tmp_path / "run", config=PRETRAINED)]) == 2
+    err = capsys.readouterr().err
+    assert "catdog fit: error:" in err and "model.pretrained_file" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_test_without_a_checkpoint_and_bad_arguments(
+    fused_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["test", *tiny(fused_dataset, tmp_path / "empty"), "--ckpt_path", "best"]) == 2
+    assert "empty/checkpoints/best.ckpt does not exist" in capsys.readouterr().err
+    assert main(["fit", *tiny(fused_dataset, tmp_path / "x"), "--model.no_such_option", "1"]) == 2
+    assert main(["fit", *tiny(fused_dataset, tmp_path / "y", "--data.data_dir", str(tmp_path / "nodata"))]) == 2
+    assert "catdog fuse" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "-c", SCRATCH, "--data.image_size", "48", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "model_name: tf_efficientnetv2_b2" in out and "default_root_dir: runs/scratch" in out
+    assert "image_size: 48" in out and "class_path: lightning.pytorch.callbacks.EarlyStopping" in out
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_fit_one_step(fused_dataset: Path, tmp_path: Path) -> None:
+    """The shipped DDP config, two gloo processes on the CPU, through the installed ``catdog`` command."""
+    run_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "catdog", "fit", *tiny(fused_dataset, run_dir), "-c", DDP,
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.limit_train_batches", "1",
+        "--trainer.limit_val_batches", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 1
+
+
+@pytest.fixture(scope="module")
+def learnable_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A somewhat bigger generated dataset than the shared one: 240 cats and 240 dogs (8 breeds) to train on."""
+    from catdog.fusion import fuse
+    from catdog.sample_data import generate
+
+    root = tmp_path_factory.mktemp("learnable")
+    sources = generate(root / "kaggle", cats=300, dogs_per_breed=30, breeds=10, size=64, seed=1)
+    fuse(sources.cats_source, sources.dogs_source, root / "dataset", cat_train=240, cat_test=60, seed=1,
+         progress=False)  # fmt: skip
+    return root / "dataset"
+
+
+@pytest.mark.slow
+def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> None:
+    """From scratch at 48 px, validation accuracy climbs well above chance within a few CPU epochs."""
+    run_dir = tmp_path / "learn"
+    options = [
+        "-c", SCRATCH, "-c", CSV_ONLY, "--data.data_dir", str(learnable_dataset), "--data.image_size", "48",
+        "--data.num_workers", "0", "--trainer.max_epochs", "4", "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread wastes the least CPU time on a shared machine
+    try:
+        assert main(["fit", *options]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    accuracies: dict[int, float] = {}
+    for path in run_dir.glob("lightning_logs/version_*/metrics.csv"):
+        with path.open() as handle:
+            accuracies.update({int(r["epoch"]): float(r["val_acc"]) for r in csv.DictReader(handle) if r["val_acc"]})
+    assert max(accuracies.values()) >= 0.85, accuracies
