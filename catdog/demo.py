@@ -1,6 +1,6 @@
 """``catdog demo``: the whole pipeline on generated data, with the same commands a real run uses.
 
-    catdog demo [--workdir demo-run] [--image-size 64] [--epochs 2] [--pretrained-file PATH]
+    catdog demo [--workdir demo-run] [--image-size 64] [--epochs 3] [--pretrained-file PATH]
 
 Steps, each a real ``catdog`` command (printed before it runs, so it can be copied):
 
@@ -209,7 +209,7 @@ class Server:
     """``catdog serve`` as a child process, logging to a file, stopped with SIGTERM."""
 
     def __init__(self, models: dict[str, str], port: int, log_path: Path) -> None:
-        self.argv = ["serve", *(f"--model={n}={p}" for n, p in models.items())]
+        self.argv = ["serve", *(arg for n, p in models.items() for arg in ("--model", f"{n}={p}"))]
         self.argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workdir", type=Path, default=Path("demo-run"), help="where everything goes (demo-run)")
     parser.add_argument("--image-size", type=int, default=64, help="training and serving size in pixels (64)")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs per model (2)")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (32)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per model (3)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch size (16)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader processes (0: load in-process)")
     parser.add_argument("--cats", type=int, default=200, help="generated cats (200)")
     parser.add_argument("--dogs-per-breed", type=int, default=20, help="generated dogs per breed (20)")
@@ -342,9 +342,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     checkpoints: dict[str, str] = {}
     for number, (name, config_args) in enumerate(models.items(), start=3):
-        common = [*config_args]
-        if not args.wandb:
-            common += ["-c", str(configs / "logger" / "csv.yaml")]
+        # The model's config first, then the CSV-only logger config, then the overrides.
+        common = [*config_args[:2], *([] if args.wandb else ["-c", str(configs / "logger" / "csv.yaml")])]
+        common += config_args[2:]
         common += ["--data.data_dir", w("dataset"), "--data.image_size", str(args.image_size),
                    "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.num_workers),
                    "--trainer.default_root_dir", w("runs", name)]  # fmt: skip
@@ -355,7 +355,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     number = 3 + len(models)
     with demo.stage(f"{number}. export ONNX"):
-        demo.catdog("export", *(f"--ckpt={n}={p}" for n, p in checkpoints.items()), "--out-dir", w("models"))
+        ckpt_args = [arg for n, p in checkpoints.items() for arg in ("--ckpt", f"{n}={p}")]
+        demo.catdog("export", *ckpt_args, "--out-dir", w("models"))
     onnx_files = {name: w("models", f"{name}.onnx") for name in checkpoints}
 
     images = make_query_images(Path(w("dataset")), Path(w("requests")), args.image_size, args.seed)

@@ -154,8 +154,10 @@ def plot_accuracy(table: pd.DataFrame, path: Path) -> Path:
     fig = Figure(figsize=(8, 1.2 + 0.45 * len(ordered)), layout="constrained")
     ax = fig.subplots()
     colours = [_FRAMEWORK_COLOURS.get(fw, "#555555") for fw in ordered["framework"]]
-    labels = [f"{run}\n({'pretrained' if p == 'yes' else 'scratch'})" for run, p in zip(ordered["run"],
-              ordered["pretrained"], strict=True)]  # fmt: skip
+    labels = [
+        f"{run}\n{model}, {'pretrained' if p == 'yes' else 'scratch'}"
+        for run, model, p in zip(ordered["run"], ordered["model"], ordered["pretrained"], strict=True)
+    ]
     bars = ax.barh(range(len(ordered)), ordered["accuracy"], color=colours)
     ax.set_yticks(range(len(ordered)), labels, fontsize=8)
     ax.bar_label(bars, labels=[f"{v:.2%}" for v in ordered["accuracy"]], padding=3, fontsize=8)
