@@ -5,8 +5,9 @@
 Every training runner trains the same network (:func:`catdog.model.build_network`) with the same
 optimizer and schedule (:func:`catdog.model.build_optimizer`), batch size, thread count and batches (decoded
 and augmented once by :class:`catdog.data.CatDogDataModule`, then kept in memory, so only the training loop
-differs). The first ``--warmup`` steps are not timed. The data figure is the DataModule's own train loader
-(decode + albumentations + collate) with ``--workers`` worker processes.
+differs). The first ``--warmup`` steps are not timed; runners alternate over ``--rounds`` rounds and each
+figure is the median, so that load from other processes hits every runner alike. The data figure is the
+DataModule's own train loader (decode + albumentations + collate) with ``--workers`` worker processes.
 
 Goals: Lightning >= 0.95x the plain loop; data loading >= 2x the training rate.
 
@@ -17,6 +18,7 @@ to :data:`RUNNERS`; ratios are printed against ``plain``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the data figure")
     parser.add_argument("--data-dir", type=Path, help="a fused dataset (default: generate one)")
     parser.add_argument("--only", nargs="*", choices=sorted(RUNNERS), help="run only these trainers")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     args = parser.parse_args(argv)
 
     import lightning.pytorch as pl
@@ -193,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                       batches[:total])  # fmt: skip
 
         print(f"model {args.model}, {args.image_size} px, batch {args.batch_size}, {args.steps} timed steps "
-              f"(+{args.warmup} warm-up), {args.threads} threads")  # fmt: skip
-        rates: dict[str, float] = {}
-        for name, runner in RUNNERS.items():
-            if args.only and name not in args.only:
-                continue
-            rates[name] = runner(bench)
-        loading = data_rate(dm, batches=max(8, args.steps))
+              f"(+{args.warmup} warm-up), {args.threads} threads, median of {args.rounds} rounds")  # fmt: skip
+        names = [name for name in RUNNERS if not args.only or name in args.only]
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(args.rounds):  # interleaved, rotating order: load changes hit every runner alike
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(RUNNERS[name](bench))
+        rates = {name: statistics.median(values) for name, values in samples.items()}
+        loading = statistics.median(data_rate(dm, batches=max(8, args.steps)) for _ in range(args.rounds))
 
     baseline = rates.get("plain")
     print(f"{'run':<28}{'images/s':>10}{'ratio':>10}")
