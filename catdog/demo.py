@@ -113,10 +113,7 @@ def find_configs(explicit: Path | None) -> Path:
     candidates = [explicit] if explicit else [Path("configs"), Path(__file__).resolve().parent.parent / "configs"]
     for folder in candidates:
         if folder is not None and (folder / "scratch.yaml").is_file() and (folder / "pretrained.yaml").is_file():
-            try:
-                return folder.resolve().relative_to(Path.cwd())
-            except ValueError:
-                return folder.resolve()
+            return folder  # as given: the printed commands then read `-c configs/scratch.yaml` in the checkout
     where = explicit or "./configs or the catdog checkout"
     raise CatDogError(
         f"--configs: no scratch.yaml and pretrained.yaml in {where}; run the demo from the catdog checkout "
