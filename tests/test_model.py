@@ -72,13 +72,31 @@ def test_lightning_checkpoint_works_as_weights_file(tmp_path: Path) -> None:
 
 
 def test_missing_pretrained_weights_say_how_to_provide_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty hub cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(CatDogError, match="pretrained_file") as info:
         build_network(MODEL, pretrained=True)
     assert "scratch" in str(info.value)
     with pytest.raises(CatDogError, match="missing.pth: file not found"):
         build_network(MODEL, pretrained_file=tmp_path / "missing.pth")
+
+
+def test_pretrained_uses_weights_in_the_hub_cache(
+    imagenet_weights: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``pretrained=True`` without a file reads timm's weights from the local Hugging Face cache."""
+    cache = tmp_path / "hf"
+    repo = cache / "models--timm--tf_efficientnetv2_b2.in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "pytorch_model.bin").write_bytes(imagenet_weights.read_bytes())
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    network = build_network(MODEL, pretrained=True)
+    source = torch.load(imagenet_weights, weights_only=True)
+    torch.testing.assert_close(network.state_dict()["conv_stem.weight"], source["conv_stem.weight"])
+    assert network.get_classifier().out_features == 2
 
 
 def test_unreadable_or_mismatched_weights_are_clear_errors(tmp_path: Path) -> None:

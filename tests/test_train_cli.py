@@ -140,7 +140,7 @@ def test_pretrained_config_with_a_local_weights_file(fused_dataset: Path, tmp_pa
 def test_missing_pretrained_weights_is_a_clear_error(
     fused_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty hub cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert main(["fit", *tiny(fused_dataset, tmp_path / "run", config=PRETRAINED)]) == 2
     err = capsys.readouterr().err
