@@ -125,6 +125,9 @@ class CatDogCLI(LightningCLI):
                 init_args.save_dir = str(run_dir)
         if self.subcommand:
             config.ckpt_path = _resolve_ckpt_path(self.subcommand, config.get("ckpt_path"), run_dir)
+            if config.ckpt_path:
+                # Every weight comes from the checkpoint: the pretrained file is not needed (nor read).
+                config.model.load_weights = False
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,8 @@ def test_every_command_module_exposes_main() -> None:
 
 
 def test_console_script_and_module_entry_points() -> None:
-    for command in (["catdog", "--version"], [sys.executable, "-m", "catdog", "--version"]):
+    console_script = str(Path(sys.executable).parent / "catdog")
+    for command in ([console_script, "--version"], [sys.executable, "-m", "catdog", "--version"]):
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         assert result.stdout.startswith("catdog ")
 
