@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
@@ -52,7 +52,8 @@ CAT_NAME = re.compile(r"^cat\.(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 DOG_NAME = re.compile(r"^dog\.(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 _KAGGLE_NAME = re.compile(r"^(cat|dog)\.(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-_CHUNK = 256
+_CHUNK = 512
+_BATCH = 32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[],
 
 
 def _basename(name: str) -> str:
-    return PurePosixPath(name.split("!")[-1]).name
+    return name.rsplit("!", 1)[-1].rsplit("/", 1)[-1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,6 +201,11 @@ def _inspect(item: Item, full: bool) -> tuple[Item, bytes]:
     return item, data
 
 
+def _place_all(placed: list[tuple[Item, bytes]], out: Path, mode: str, fresh: bool) -> None:
+    for item, data in placed:
+        _place(item, data, out, mode, fresh)
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -243,8 +249,13 @@ def _place(item: Item, data: bytes, out: Path, mode: str, fresh: bool) -> None:
         return
     if not fresh and target.is_symlink():
         target.unlink()
-    with open(target, "wb") as handle:
-        handle.write(data)
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+    finally:
+        os.close(descriptor)
     if mode == "move" and _sha256_file(target) != item.sha256:
         target.unlink()
         raise CatDogError(f"copy of {item.file.ref} to {target} does not match the source; nothing moved")
@@ -540,14 +551,20 @@ def fuse(
             writes = []
 
             def process(items: list[Item], assign: Callable[[Item], None]) -> None:
-                for item, data in pool.map(lambda it: _inspect(it, verify == "full"), items):
-                    bar.update()
-                    if item.status != "ok":
-                        continue
-                    assign(item)
-                    if item.split in SPLITS:
-                        item.destination = f"{item.split}/{item.label}/{_basename(item.file.name)}"
-                        writes.append(pool.submit(_place, item, data, out, mode, not rerun))
+                # Work goes to the threads in small batches: one task per batch, not per file.
+                batches = list(_chunks(items, _BATCH))
+                for results in pool.map(lambda batch: [_inspect(i, verify == "full") for i in batch], batches):
+                    bar.update(len(results))
+                    placed = []
+                    for item, data in results:
+                        if item.status != "ok":
+                            continue
+                        assign(item)
+                        if item.split in SPLITS:
+                            item.destination = f"{item.split}/{item.label}/{_basename(item.file.name)}"
+                            placed.append((item, data))
+                    if placed:
+                        writes.append(pool.submit(_place_all, placed, out, mode, not rerun))
 
             for chunk in _chunks(cats, _CHUNK):
                 if taken["test"] == wanted["test"]:  # train fills first, so both are full
