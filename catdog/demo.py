@@ -137,9 +137,9 @@ def find_pretrained_weights(explicit: Path | None, model_name: str) -> tuple[Pat
                 "with internet access)"
             )
         return configured.expanduser(), source
-    from catdog.model import _hub_cached_weights
+    from catdog.model import hub_cached_weights
 
-    cached = _hub_cached_weights(model_name)
+    cached = hub_cached_weights(model_name)
     return (None, "hub cache") if cached else (None, "")
 
 

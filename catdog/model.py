@@ -44,6 +44,14 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def set_backbone_trainable(network: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze every parameter of a timm network except its classifier head."""
+    head = {id(p) for p in network.get_classifier().parameters()}
+    for param in network.parameters():
+        if id(param) not in head:
+            param.requires_grad_(trainable)
+
+
 def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a weights file as a plain timm state dict; a catdog/Lightning checkpoint has its prefix removed."""
     from timm.models import load_state_dict
@@ -63,7 +71,7 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def _hub_cached_weights(model_name: str) -> str | None:
+def hub_cached_weights(model_name: str) -> str | None:
     """Path of the timm weights for ``model_name`` already in the local HF hub or torch hub cache, if any."""
     import timm
 
@@ -120,7 +128,7 @@ def build_network(
         network = timm.create_model(model_name, pretrained=False, **create)
         return _zero_head(network) if zero_init_head else network
     if pretrained_file is None:
-        cached = _hub_cached_weights(model_name)
+        cached = hub_cached_weights(model_name)
         if cached is None:
             raise CatDogError(
                 f"model.pretrained is true but no weights for {model_name!r} are available offline "
@@ -297,12 +305,6 @@ class CatDogClassifier(pl.LightningModule):
         return self.network(images)
 
     # training -------------------------------------------------------------------------------------
-    def _set_backbone_trainable(self, trainable: bool) -> None:
-        head = {id(p) for p in self.network.get_classifier().parameters()}
-        for param in self.network.parameters():
-            if id(param) not in head:
-                param.requires_grad_(trainable)
-
     def on_fit_start(self) -> None:
         self._fit_started = time.perf_counter()
         self._seconds_before_fit = self.train_seconds
@@ -316,7 +318,7 @@ class CatDogClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
-        self._set_backbone_trainable(not frozen)
+        set_backbone_trainable(self.network, not frozen)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch

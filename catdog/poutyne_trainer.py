@@ -163,12 +163,9 @@ class FreezeBackbone(Callback):
         self.epochs = epochs
 
     def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
-        network = self.model.network
-        trainable = epoch_number > self.epochs
-        head = {id(p) for p in network.get_classifier().parameters()}
-        for param in network.parameters():
-            if id(param) not in head:
-                param.requires_grad_(trainable)
+        from catdog.model import set_backbone_trainable
+
+        set_backbone_trainable(self.model.network, trainable=epoch_number > self.epochs)
 
 
 class TrainingSmoothedCrossEntropy(nn.Module):

@@ -92,7 +92,7 @@ def test_without_weights_the_pretrained_model_is_skipped_with_a_clear_note(
 
     monkeypatch.delenv(PRETRAINED_ENV, raising=False)
     # This machine has no timm/HF cache of the weights; make that explicit whatever the machine.
-    monkeypatch.setattr(catdog.model, "_hub_cached_weights", lambda name: None)
+    monkeypatch.setattr(catdog.model, "hub_cached_weights", lambda name: None)
     weights, source = find_pretrained_weights(None, MODEL)
     assert (weights, source) == (None, "")
     models = plan_models(Path("configs"), weights, source, MODEL)
