@@ -26,7 +26,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catdog import DISPLAY_NAMES, CatDogError
+from catdog.utils import free_port
 
 #: File that marks a folder as made by ``catdog demo`` (so a rerun may clear it).
 MARKER = ".catdog-demo"
@@ -160,13 +160,6 @@ def plan_models(configs: Path, weights: Path | None, weights_source: str, model_
             flush=True,
         )
     return models
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
