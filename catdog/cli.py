@@ -9,6 +9,8 @@ and never import torch unless they need it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("catdog.train:main", "Predict with a checkpoint (LightningCLI)."),
     "poutyne": ("catdog.poutyne_trainer:main", "Train and test with the Poutyne parity trainer."),
     "export": ("catdog.export:main", "Export checkpoints to self-describing ONNX files."),
-    "serve": ("catdog.serve:main", "Serve ONNX models over HTTP with LitServe."),
+    "serve": ("catdog.serving.cli:main", "Serve ONNX models over HTTP with LitServe."),
     "report": ("catdog.report:main", "Collect metrics.json files into a results table and plots."),
     "demo": ("catdog.demo:main", "Run the whole pipeline on generated data."),
 }
@@ -50,6 +52,28 @@ def _resolve(target: str) -> Callable[[list[str]], int | None]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
+#: Import names whose distribution (as pyproject.toml spells it) differs.
+_DISTRIBUTIONS = {"PIL": "pillow", "multipart": "python-multipart", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+
+
+def _missing_package_message(module: str) -> str:
+    """Name the catdog extras that install ``module``, read from the installed package's requirements."""
+    top = module.split(".")[0]
+    wanted = _DISTRIBUTIONS.get(top, top).lower().replace("_", "-")
+    try:
+        requirements = importlib.metadata.requires("catdog") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    extras = []
+    for requirement in requirements:
+        dist = re.match(r"[A-Za-z0-9._-]+", requirement)
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
+        if dist and extra and dist.group(0).lower().replace("_", "-") == wanted and extra.group(1) not in extras:
+            extras.append(extra.group(1))
+    hint = " or ".join(f"pip install 'catdog[{extra}]'" for extra in extras) or "pip install 'catdog[all]'"
+    return f"this command needs the package {top!r}, which is not installed. Install the extra it belongs to: {hint}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``catdog``; returns the exit status (also used as the console script)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -70,12 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         if err.name and err.name.split(".")[0] == "catdog":
             raise
-        print(
-            f"catdog {name}: error: this command needs the package {err.name!r}, which is not installed. "
-            "Install the extra it belongs to: pip install 'catdog[all]' (training, export, serving) "
-            "or 'catdog[serve]' (serving only).",
-            file=sys.stderr,
-        )
+        print(f"catdog {name}: error: {_missing_package_message(err.name or '?')}", file=sys.stderr)
         return 2
     try:
         status = command(rest)
