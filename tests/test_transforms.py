@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catdog import CatDogError
 from catdog.transforms import (
+    CROP_MODES,
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
@@ -101,13 +103,97 @@ def test_eval_transform_resizes_crops_and_normalises() -> None:
 
 
 def test_config_round_trips_through_metadata() -> None:
-    config = PreprocessConfig(image_size=48, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=0.9,
-                              interpolation="bilinear")  # fmt: skip
-    meta = config.to_metadata()
-    assert all(isinstance(v, str) for v in meta.values())
-    assert PreprocessConfig.from_metadata(meta) == config
-    with pytest.raises(Exception, match="image_size"):
+    for mode in CROP_MODES:
+        config = PreprocessConfig(image_size=48, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), crop_pct=0.9,
+                                  interpolation="bilinear", crop_mode=mode)  # fmt: skip
+        meta = config.to_metadata()
+        assert all(isinstance(v, str) for v in meta.values())
+        assert PreprocessConfig.from_metadata(meta) == config
+        assert int(meta["scale_size"]) == 53  # floor(48 / 0.9) = floor(53.33)
+    with pytest.raises(CatDogError, match="image_size"):
         PreprocessConfig.from_metadata({k: v for k, v in meta.items() if k != "image_size"})
+    with pytest.raises(CatDogError, match="crop_mode"):
+        PreprocessConfig.from_metadata({**meta, "crop_mode": "zoom"})
+
+
+def test_metadata_of_older_exports_still_loads() -> None:
+    """Files exported before crop_mode (and crop_pct) were recorded get timm's defaults for them."""
+    old = {"image_size": "32", "mean": "[0.5, 0.5, 0.5]", "std": "[0.5, 0.5, 0.5]", "interpolation": "bilinear"}
+    config = PreprocessConfig.from_metadata(old)
+    assert (config.crop_mode, config.crop_pct, config.interpolation) == ("center", 1.0, "bilinear")
+
+
+# sizes (width, height): portrait, landscape, square, smaller than the crop, one pixel wide or high,
+# and sides whose resize or crop offset falls on a rounding edge
+ODD_SIZES = [(1, 1), (1, 97), (97, 1), (3, 200), (31, 45), (45, 31), (40, 40), (41, 40), (100, 37), (255, 256), (13, 9)]
+
+
+def _timm_eval_transform(config: PreprocessConfig):
+    timm_data = pytest.importorskip("timm.data")
+    return timm_data.create_transform(
+        input_size=(3, config.image_size, config.image_size),
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
+        crop_pct=config.crop_pct,
+        crop_mode=config.crop_mode,
+        is_training=False,
+    )
+
+
+def _random_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_eval_transform_equals_timm_for_the_project_model() -> None:
+    """timm's own eval transform from timm's data config of tf_efficientnetv2_b2 (crop_pct 0.89, bicubic)."""
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+
+    from catdog.model import preprocess_config_for
+
+    rng = np.random.default_rng(0)
+    for size in (32, 37):
+        pretrained_cfg = timm.models.get_pretrained_cfg("tf_efficientnetv2_b2").to_dict()
+        data_config = resolve_data_config({"input_size": (3, size, size)}, pretrained_cfg=pretrained_cfg)
+        reference = create_transform(**data_config, is_training=False)
+        config = preprocess_config_for("tf_efficientnetv2_b2", size)
+        assert config.scale_size == int(size / data_config["crop_pct"])  # floor, not round: 35 and 41
+        for width, height in ODD_SIZES:
+            image = _random_image(rng, width, height)
+            expected = reference(image).numpy()
+            actual = eval_transform(image, config)
+            assert actual.shape == expected.shape == (3, size, size)
+            assert np.abs(actual - expected).max() <= 1e-6, (size, width, height)
+
+
+@pytest.mark.parametrize("crop_mode", CROP_MODES)
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875, 0.95])
+def test_eval_transform_equals_timm_for_every_crop_mode(crop_mode: str, crop_pct: float) -> None:
+    rng = np.random.default_rng(1)
+    for interpolation, size in [("bilinear", 32), ("bicubic", 33)]:
+        config = PreprocessConfig(
+            size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop_pct, interpolation, crop_mode
+        )
+        reference = _timm_eval_transform(config)
+        for width, height in ODD_SIZES:
+            image = _random_image(rng, width, height)
+            actual = eval_transform(image, config)
+            assert actual.shape == (3, size, size)
+            try:
+                expected = reference(image).numpy()
+            except ValueError:  # timm's border mode resizes a 1xN image to zero pixels; here a side stays >= 1
+                assert crop_mode == "border" and min(width, height) * config.scale_size < max(width, height) / 2
+                continue
+            assert np.abs(actual - expected).max() <= 1e-6, (interpolation, size, width, height)
+
+
+def test_border_mode_pads_with_the_mean_colour() -> None:
+    config = PreprocessConfig(image_size=32, mean=(0.2, 0.4, 0.6), std=(1.0, 1.0, 1.0), crop_mode="border")
+    out = eval_transform(Image.new("RGB", (64, 16), (255, 255, 255)), config)  # resized to 32x8, padded to 32x32
+    expected_fill = (np.round(np.array(config.mean) * 255) / 255 - np.array(config.mean)).astype(np.float32)
+    np.testing.assert_allclose(out[:, 0, 0], expected_fill, atol=1e-6)  # padding: the mean colour, ~0
+    np.testing.assert_allclose(out[:, 16, 16], 1 - np.array(config.mean), atol=1e-6)  # the white image
 
 
 def test_train_augmentation_output_matches_eval_layout() -> None:
