@@ -490,34 +490,16 @@ def test_corrupt_or_foreign_model_files_are_clear_errors(tmp_path: Path, models:
     assert cli.main(["serve"]) == 2  # no --model and no CATDOG_MODELS
 
 
-def test_model_specs_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from catdog import CatDogError
-    from catdog.serve import build_parser, parse_model_specs
-
-    assert parse_model_specs(["pretrained=models/a.onnx", "models/scratch.onnx", " "]) == [
-        ("pretrained", "models/a.onnx"),
-        ("scratch", "models/scratch.onnx"),
-    ]
-    odd = tmp_path / "epoch=1.onnx"
-    odd.write_bytes(b"x")
-    assert parse_model_specs([str(odd)]) == [("epoch=1", str(odd))]
-    with pytest.raises(CatDogError, match="twice"):
-        parse_model_specs(["a=x.onnx", "a=y.onnx"])
-    monkeypatch.setenv("CATDOG_PORT", "9001")
-    monkeypatch.setenv("CATDOG_MAX_BATCH_SIZE", "1")
-    args = build_parser().parse_args([])
-    assert (args.port, args.max_batch_size, args.host) == (9001, 1, "0.0.0.0")
-    assert build_parser().parse_args(["--port", "9002"]).port == 9002
-
-
 def test_serving_imports_no_torch(models: dict[str, ExportedModel]) -> None:
     """Building the server (models loaded, LitServe app ready) in a fresh interpreter imports no torch."""
     code = f"""
 import json
 import sys
-from catdog import serve
-models = [serve.load_model_info(n, p) for n, p in {[(m.name, str(m.path)) for m in models.values()]!r}]
-server = serve.build_server(models)
+from catdog.serving.app import build_server
+from catdog.serving.models import load_model_info
+import catdog.serve  # the module name the container's build check imports
+models = [load_model_info(n, p) for n, p in {[(m.name, str(m.path)) for m in models.values()]!r}]
+server = build_server(models)
 api = server.litapi_connector.lit_apis[0]
 api.setup("cpu")
 import numpy as np

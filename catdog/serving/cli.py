@@ -1,0 +1,144 @@
+"""``catdog serve``'s command line: every option in one table, each with its environment variable.
+
+:data:`OPTIONS` is the one home of each option's flag, environment variable, default and meaning: the
+argparse parser, ``catdog serve --help`` and the table in ``docs/serving.md`` (see :func:`env_table`)
+are all made from it.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catdog import CatDogError
+from catdog.utils import is_valid_model_name
+
+logger = logging.getLogger("catdog.serve")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``catdog serve`` option and the environment variable it falls back to."""
+
+    flag: str
+    env: str
+    default: str
+    help: str
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+#: Every option of ``catdog serve``, in ``--help`` order. ``--model`` is repeatable; its variable holds a list.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--model",
+        "CATDOG_MODELS",
+        "",
+        "a model to serve at POST /predict/NAME, as NAME=PATH; repeat for several (the variable: NAME=PATH,NAME=PATH)",
+    ),
+    Option("--host", "CATDOG_HOST", "0.0.0.0", "bind address: 0.0.0.0, 127.0.0.1 or ::"),
+    Option("--port", "CATDOG_PORT", "8000", "TCP port", int),
+    Option(
+        "--max-batch-size", "CATDOG_MAX_BATCH_SIZE", "8", "most requests per dynamic batch; 1 turns batching off", int
+    ),
+    Option("--batch-timeout", "CATDOG_BATCH_TIMEOUT", "0.01", "seconds to wait for a batch to fill", float),
+    Option("--workers", "CATDOG_WORKERS", "1", "inference worker processes per model", int),
+    Option("--api-servers", "CATDOG_API_SERVERS", "0", "HTTP server processes; 0 = one per inference worker", int),
+    Option("--threads", "CATDOG_THREADS", "0", "onnxruntime threads per worker; 0 = onnxruntime's choice", int),
+    Option("--max-upload-mb", "CATDOG_MAX_UPLOAD_MB", "10", "largest request body in MB (413 above)", float),
+    Option(
+        "--max-image-pixels",
+        "CATDOG_MAX_IMAGE_PIXELS",
+        "40000000",
+        "largest decoded image in pixels, guards against decompression bombs (413 above)",
+        int,
+    ),
+    Option("--timeout", "CATDOG_TIMEOUT", "30", "seconds a request may wait for a worker (504 after)", float),
+    Option("--log-level", "CATDOG_LOG_LEVEL", "info", "log level", str, ("debug", "info", "warning", "error")),
+)
+
+
+def env_table() -> str:
+    """The Markdown table of :data:`OPTIONS` that ``docs/serving.md`` holds (regenerate it from here)."""
+    rows = ["| option | environment variable | default | meaning |", "|---|---|---|---|"]
+    for opt in OPTIONS:
+        default = f"`{opt.default}`" if opt.default else "(none)"
+        rows.append(f"| `{opt.flag}` | `{opt.env}` | {default} | {opt.help} |")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``catdog serve`` parser; each default comes from the option's environment variable when set."""
+    parser = argparse.ArgumentParser(
+        prog="catdog serve",
+        description="Serve exported ONNX models over HTTP (LitServe, onnxruntime; no torch). "
+        "Each option falls back to the environment variable shown.",
+    )
+    for opt in OPTIONS:
+        help_ = f"{opt.help}; env {opt.env}" + (f" ({opt.default})" if opt.default else "")
+        help_ = help_.replace("%", "%%")
+        if opt.flag == "--model":
+            parser.add_argument(opt.flag, action="append", default=[], metavar="NAME=PATH", help=help_)
+            continue
+        default = os.environ.get(opt.env, "").strip() or opt.default
+        parser.add_argument(opt.flag, type=opt.type, default=default, choices=opt.choices, help=help_)
+    return parser
+
+
+def parse_model_specs(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``NAME=PATH`` (or ``PATH``, named after the file) -> ``[(name, path)]``; names must be unique."""
+    pairs: list[tuple[str, str]] = []
+    for spec in specs:
+        spec = spec.strip()
+        if not spec:
+            continue
+        name, sep, path = spec.partition("=")
+        if not sep or Path(spec).exists() or not is_valid_model_name(name.strip()):
+            name, path = Path(spec).stem, spec
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise CatDogError(f"--model {spec!r}: expected NAME=PATH, e.g. pretrained=models/pretrained.onnx")
+        if name in {n for n, _ in pairs}:
+            raise CatDogError(f"--model {spec!r}: the name {name!r} is given twice")
+        pairs.append((name, path))
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``catdog serve``: load and check every model, then serve until SIGTERM/SIGINT."""
+    from catdog.serving.api import configure_logging
+    from catdog.serving.app import build_server, run
+    from catdog.serving.models import load_model_info
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    specs = args.model or os.environ.get("CATDOG_MODELS", "").split(",")
+    pairs = parse_model_specs(specs)
+    if not pairs:
+        raise CatDogError(
+            "no model to serve: pass --model NAME=PATH (e.g. --model pretrained=models/pretrained.onnx) "
+            "or set CATDOG_MODELS=pretrained=models/pretrained.onnx,scratch=models/scratch.onnx"
+        )
+    configure_logging(args.log_level)
+    models = [load_model_info(name, path) for name, path in pairs]
+    for m in models:
+        logger.info("serving %s at %s (%d px)", m.path, m.api_path, m.config.image_size)
+    server = build_server(
+        models,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        workers=args.workers,
+        threads=args.threads,
+        max_upload_mb=args.max_upload_mb,
+        max_image_pixels=args.max_image_pixels,
+        timeout=args.timeout,
+        log_level=args.log_level,
+    )
+    return run(server, args.host, args.port, api_servers=args.api_servers or None, log_level=args.log_level)

@@ -1,0 +1,81 @@
+"""``catdog serve``'s options: one table behind the parser, the environment and the docs; model specs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from catdog import CatDogError
+from catdog.serving.cli import OPTIONS, build_parser, env_table, parse_model_specs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+#: A value for each option that differs from its default (and passes its type and choices).
+OTHER_VALUES = {
+    "--host": "127.0.0.1",
+    "--port": "9001",
+    "--max-batch-size": "1",
+    "--batch-timeout": "0.5",
+    "--workers": "3",
+    "--api-servers": "2",
+    "--threads": "4",
+    "--max-upload-mb": "2.5",
+    "--max-image-pixels": "120000000",
+    "--timeout": "7",
+    "--log-level": "debug",
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for opt in OPTIONS:
+        monkeypatch.delenv(opt.env, raising=False)
+    return monkeypatch
+
+
+def test_docs_table_is_the_generated_one() -> None:
+    text = DOCS.read_text()
+    found = re.search(r"<!-- options-table:start -->\n(.*?)\n<!-- options-table:end -->", text, re.S)
+    assert found, f"{DOCS} lacks the options-table markers"
+    assert found.group(1) == env_table(), (
+        f"{DOCS}: the options table is stale; paste the output of "
+        "`python -c 'from catdog.serving.cli import env_table; print(env_table())'` between the markers"
+    )
+    for opt in OPTIONS:
+        assert f"| `{opt.flag}` | `{opt.env}` |" in found.group(1)
+
+
+def test_defaults_help_and_environment_come_from_the_table(clean_env: pytest.MonkeyPatch) -> None:
+    assert set(OTHER_VALUES) == {opt.flag for opt in OPTIONS} - {"--model"}, "a new option needs a test value"
+    parser = build_parser()
+    defaults = parser.parse_args([])
+    help_text = " ".join(parser.format_help().split())
+    for opt in OPTIONS:
+        assert opt.env in help_text
+        if opt.flag == "--model":
+            continue
+        assert getattr(defaults, opt.dest) == opt.type(opt.default), opt.flag
+        assert f"({opt.default})" in help_text
+    for opt in OPTIONS:
+        if opt.flag == "--model":
+            continue
+        value = OTHER_VALUES[opt.flag]
+        assert opt.type(value) != opt.type(opt.default)
+        clean_env.setenv(opt.env, value)
+        from_env = getattr(build_parser().parse_args([]), opt.dest)
+        assert from_env == opt.type(value), opt.env
+        clean_env.setenv(opt.env, opt.default)  # the command line wins over the environment
+        assert getattr(build_parser().parse_args([opt.flag, value]), opt.dest) == opt.type(value)
+
+
+def test_model_specs(tmp_path: Path) -> None:
+    assert parse_model_specs(["pretrained=models/a.onnx", "models/scratch.onnx", " "]) == [
+        ("pretrained", "models/a.onnx"),
+        ("scratch", "models/scratch.onnx"),
+    ]
+    odd = tmp_path / "epoch=1.onnx"
+    odd.write_bytes(b"x")
+    assert parse_model_specs([str(odd)]) == [("epoch=1", str(odd))]
+    with pytest.raises(CatDogError, match="twice"):
+        parse_model_specs(["a=x.onnx", "a=y.onnx"])
