@@ -1,17 +1,21 @@
-"""``catdog report``: every ``metrics.json`` under ``--runs`` as one results table, plus plots.
+"""``catdog report``: every run under ``--runs`` as one results table, with breeds, calibration and mistakes.
 
-Reads the files written by the Lightning, Poutyne and Keras trainers (schema: :mod:`catdog.metrics`),
-writes the table as Markdown to ``--out`` (and prints it), and writes PNG plots next to it: an accuracy
-bar chart and one confusion matrix per run. A malformed file, or a run folder that has checkpoints
-but no ``metrics.json`` (trained, never tested), is named on stderr and skipped.
+Reads each run's ``metrics.json`` (schema: :mod:`catdog.metrics`) and, beside it, its ``predictions.csv``:
+every figure of the table is recomputed from the predictions with :func:`catdog.metrics.score`, and a
+``metrics.json`` that disagrees with its own predictions is named. Writes ``--out`` (Markdown, also
+printed) and PNGs beside it: accuracy per run, one confusion matrix per run, a reliability diagram,
+accuracy per test dog breed (breeds from ``<data>/manifest.csv``) and a gallery of mistakes per run.
+A ``compare.json`` written by ``catdog compare`` under ``--runs`` adds the recipe, device, run times,
+per-run overrides and the runs that were skipped or failed. A malformed file, or a run folder with
+checkpoints but no ``metrics.json`` (trained, never tested), is named on stderr and skipped.
 
-    catdog report --runs runs --out results.md
+    catdog report --runs runs --out results.md [--data dataset]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from catdog import DISPLAY_NAMES, CatDogError
-from catdog.metrics import METRICS_FILENAME, RunMetrics, read_metrics
+from catdog import CatDogError
+from catdog.metrics import (
+    METRICS_FILENAME,
+    PREDICTIONS_FILENAME,
+    Predictions,
+    RunMetrics,
+    Scores,
+    read_metrics,
+    read_predictions,
+)
+from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, published_accuracy, read_record
 
 #: Columns of the results table, in order.
 COLUMNS = (
@@ -29,32 +42,58 @@ COLUMNS = (
     "framework",
     "pretrained",
     "accuracy",
+    "published accuracy",
+    "balanced accuracy",
     "F1",
     "AUROC",
+    "ECE",
+    "test images",
     "parameters",
     "epochs",
     "training time",
+    "run time",
+    "notes",
 )
+_NUMBER_COLUMNS = ("accuracy", "published accuracy", "balanced accuracy", "F1", "AUROC", "ECE")
 #: Files that mark a folder as a training run (so a missing ``metrics.json`` there is worth naming).
 _RUN_MARKERS = ("*.ckpt", "*.keras", "*.pt", "*.pth", "hparams.yaml", "config.yaml")
-_FRAMEWORK_COLOURS = {"lightning": "#792ee5", "poutyne": "#e5832e", "keras": "#d00000"}
+#: metrics.json and its predictions may differ by float rounding only.
+_TOLERANCE = 1e-6
 
 
 @dataclass
 class Run:
-    """One tested model: where its ``metrics.json`` is and what it says."""
+    """One tested model: its ``metrics.json``, the scores recomputed from its predictions, its record."""
 
     name: str
     path: Path
     metrics: RunMetrics
+    predictions: Predictions | None = None
+    scores: Scores | None = None
+    record: RunRecord | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
 
 
 @dataclass
 class Collected:
-    """The runs found under the ``--runs`` folders, and the problems met on the way."""
+    """The runs found under the ``--runs`` folders, the comparison records, and the problems met."""
 
     runs: list[Run] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    records: list[tuple[Path, ComparisonRecord]] = field(default_factory=list)
+
+    def without_results(self) -> list[RunRecord]:
+        """Record entries (skipped, failed) with no run in the table."""
+        folders = {run.folder.resolve() for run in self.runs}
+        return [
+            entry
+            for root, record in self.records
+            for entry in record.runs
+            if (root / entry.run_dir).resolve() not in folders
+        ]
 
 
 def _run_name(metrics_path: Path, root: Path) -> str:
@@ -63,7 +102,7 @@ def _run_name(metrics_path: Path, root: Path) -> str:
 
 
 def collect(roots: Sequence[str | Path]) -> Collected:
-    """Read every ``metrics.json`` under ``roots``; malformed ones and tested-never runs go to ``problems``."""
+    """Read every ``metrics.json`` (and its predictions) and ``compare.json`` under ``roots``."""
     found = Collected()
     for root in map(Path, roots):
         if not root.is_dir():
@@ -71,20 +110,65 @@ def collect(roots: Sequence[str | Path]) -> Collected:
                 f"--runs {root}: folder not found; pass the folder your trainers wrote their runs into "
                 "(e.g. runs/, holding runs/<name>/metrics.json)"
             )
+        for path in sorted(root.rglob(COMPARE_RECORD)):
+            try:
+                found.records.append((path.parent, read_record(path)))
+            except CatDogError as err:
+                found.problems.append(f"skipped {err}")
         metric_files = sorted(root.rglob(METRICS_FILENAME))
         for path in metric_files:
             try:
-                metrics = read_metrics(path)
+                run = Run(_run_name(path, root), path, read_metrics(path))
             except CatDogError as err:
                 found.problems.append(f"skipped {err}")
                 continue
-            found.runs.append(Run(_run_name(path, root), path, metrics))
+            found.problems += _attach_predictions(run)
+            found.runs.append(run)
         for folder in _untested_runs(root, {path.parent for path in metric_files}):
             found.problems.append(
                 f"skipped {folder}: no {METRICS_FILENAME} (the run has checkpoints but was never tested; "
                 "run `catdog test` on its checkpoint to write one)"
             )
+    entries = {(root / e.run_dir).resolve(): e for root, record in found.records for e in record.runs}
+    for run in found.runs:
+        run.record = entries.get(run.folder.resolve())
     return found
+
+
+def _attach_predictions(run: Run) -> list[str]:
+    """Read the run's ``predictions.csv`` and score it; returns the problems (none when all agrees)."""
+    path = run.folder / (run.metrics.predictions or PREDICTIONS_FILENAME)
+    if not path.is_file():
+        return [f"{run.name}: no {path.name} beside {run.path}; its row shows metrics.json as written (not recomputed)"]
+    try:
+        run.predictions = read_predictions(path)
+        run.scores = run.predictions.score()
+    except CatDogError as err:
+        return [f"{run.name}: {err}; its row shows metrics.json as written (not recomputed)"]
+    written = run.metrics
+    differences = [
+        f"{key} {mine} (predictions give {theirs})"
+        for key, mine, theirs in (
+            ("accuracy", written.accuracy, run.scores.accuracy),
+            ("F1", written.f1, run.scores.f1),
+            ("AUROC", written.auroc, run.scores.auroc),
+        )
+        if not _same(mine, theirs)
+    ]
+    if written.confusion_matrix != run.scores.confusion_matrix:
+        differences.append(
+            f"confusion matrix {written.confusion_matrix} (predictions give {run.scores.confusion_matrix})"
+        )
+    if differences:
+        listed = "; ".join(differences)
+        return [f"{run.path} disagrees with {path.name}: {listed}; the report shows the recomputed figures"]
+    return []
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=0.0, abs_tol=_TOLERANCE)
 
 
 def _untested_runs(root: Path, tested: set[Path]) -> list[Path]:
@@ -99,7 +183,10 @@ def _untested_runs(root: Path, tested: set[Path]) -> list[Path]:
     return sorted(c for c in untested if not any(other in c.parents for other in untested))
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float | None) -> str:
+    """``45.3 s``, ``20 min 34 s``, ``2 h 03 min``; ``—`` when unknown."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "—"
     seconds = float(seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -110,112 +197,62 @@ def _format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def run_notes(run: Run) -> list[str]:
+    """Short flags for the table's notes column."""
+    notes = []
+    if run.scores is None:
+        notes.append("not recomputed (no predictions.csv)")
+    elif run.scores.collapse_warning():
+        notes.append("**collapsed to one class** (see warnings)")
+    if run.metrics.pretrained:
+        notes.append("ImageNet-pretrained (see caveat)")
+    if run.record and run.record.overrides:
+        notes.append("overrides: " + ", ".join(f"{k}={v}" for k, v in run.record.overrides.items()))
+    return notes
+
+
 def results_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """The results table: one row per run, best accuracy first."""
-    rows = [
-        {
-            "run": run.name,
-            "model": run.metrics.model,
-            "framework": run.metrics.framework,
-            "pretrained": "yes" if run.metrics.pretrained else "no",
-            "accuracy": float(run.metrics.accuracy),
-            "F1": float(run.metrics.f1),
-            "AUROC": float(run.metrics.auroc),
-            "parameters": int(run.metrics.num_params),
-            "epochs": int(run.metrics.epochs),
-            "training time": float(run.metrics.train_seconds),
-        }
-        for run in runs
-    ]
+    """The results table: one row per run, best accuracy first; figures recomputed from predictions."""
+    rows = []
+    for run in runs:
+        m, s = run.metrics, run.scores
+        rows.append(
+            {
+                "run": run.name,
+                "model": m.model,
+                "framework": m.framework,
+                "pretrained": "yes" if m.pretrained else "no",
+                "accuracy": s.accuracy if s else m.accuracy,
+                "published accuracy": published_accuracy(m),
+                "balanced accuracy": s.balanced_accuracy if s else m.balanced_accuracy,
+                "F1": s.f1 if s else m.f1,
+                "AUROC": s.auroc if s else m.auroc,
+                "ECE": s.ece if s else m.ece,
+                "test images": s.n if s else (m.n_test or sum(map(sum, m.confusion_matrix))),
+                "parameters": int(m.num_params),
+                "epochs": int(m.epochs),
+                "training time": float(m.train_seconds),
+                "run time": run.record.seconds if run.record else None,
+                "notes": "; ".join(run_notes(run)),
+            }
+        )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
+    for column in (*_NUMBER_COLUMNS, "run time"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
     return table.sort_values(["accuracy", "run"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """The table as GitHub Markdown, numbers rounded for reading."""
+    """The table as GitHub Markdown, numbers rounded for reading (``—`` where there is none)."""
     shown = table.copy()
-    for column in ("accuracy", "F1", "AUROC"):
-        shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+    for column in _NUMBER_COLUMNS:
+        shown[column] = shown[column].map(lambda v: "—" if pd.isna(v) else f"{v:.4f}")
+    shown["published accuracy"] = table["published accuracy"].map(lambda v: "—" if pd.isna(v) else f"{v:.2f}")
     shown["parameters"] = shown["parameters"].map(lambda v: f"{v:,}")
-    shown["training time"] = shown["training time"].map(_format_duration)
-    return shown.to_markdown(index=False, colalign=["left"] * 4 + ["right"] * 6, disable_numparse=True)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "run"
-
-
-def plot_accuracy(table: pd.DataFrame, path: Path) -> Path:
-    """Horizontal bar chart of test accuracy per run, coloured by framework."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    ordered = table.iloc[::-1]  # best at the top
-    fig = Figure(figsize=(8, 1.2 + 0.45 * len(ordered)), layout="constrained")
-    ax = fig.subplots()
-    colours = [_FRAMEWORK_COLOURS.get(fw, "#555555") for fw in ordered["framework"]]
-    labels = [
-        f"{run}\n{model}, {'pretrained' if p == 'yes' else 'scratch'}"
-        for run, model, p in zip(ordered["run"], ordered["model"], ordered["pretrained"], strict=True)
-    ]
-    bars = ax.barh(range(len(ordered)), ordered["accuracy"], color=colours)
-    ax.set_yticks(range(len(ordered)), labels, fontsize=8)
-    ax.bar_label(bars, labels=[f"{v:.2%}" for v in ordered["accuracy"]], padding=3, fontsize=8)
-    ax.set_xlim(0, 1.12)
-    ax.set_xlabel("test accuracy")
-    ax.set_title("Cat vs dog: test accuracy by run")
-    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax.grid(axis="x", alpha=0.3)
-    frameworks = list(dict.fromkeys(ordered["framework"]))
-    ax.legend(
-        handles=[Patch(color=_FRAMEWORK_COLOURS.get(fw, "#555555"), label=fw) for fw in frameworks],
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize=8,
-        title="framework",
-        title_fontsize=8,
-    )
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plot_confusion(run: Run, path: Path) -> Path:
-    """The run's 2x2 confusion matrix: counts and row percentages, rows = true class."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    matrix = np.asarray(run.metrics.confusion_matrix, dtype=float)
-    row_sums = matrix.sum(axis=1, keepdims=True)
-    share = np.divide(matrix, row_sums, out=np.zeros_like(matrix), where=row_sums > 0)
-    fig = Figure(figsize=(4.2, 3.8), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    for (i, j), count in np.ndenumerate(matrix):
-        colour = "white" if share[i, j] > 0.5 else "black"
-        ax.text(j, i, f"{int(count)}\n{share[i, j]:.1%}", ha="center", va="center", color=colour, fontsize=11)
-    ax.set_xticks(range(len(DISPLAY_NAMES)), DISPLAY_NAMES)
-    ax.set_yticks(range(len(DISPLAY_NAMES)), DISPLAY_NAMES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    kind = "pretrained" if run.metrics.pretrained else "scratch"
-    ax.set_title(f"{run.name}\n{run.metrics.framework}, {kind}, accuracy {run.metrics.accuracy:.2%}", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def write_report(runs: Sequence[Run], out: Path) -> tuple[str, list[Path]]:
-    """Write the Markdown table to ``out`` and the plots beside it; returns (table Markdown, PNG paths)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table = results_table(runs)
-    markdown = to_markdown(table)
-    plots = [plot_accuracy(table, out.parent / f"{out.stem}-accuracy.png")]
-    by_name = {run.name: run for run in runs}
-    for name in table["run"]:
-        plots.append(plot_confusion(by_name[name], out.parent / f"{out.stem}-confusion-{_slug(name)}.png"))
-    images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
-    out.write_text(f"# Results\n\n{markdown}\n\n## Plots\n\n{images}\n")
-    return markdown, plots
+    for column in ("training time", "run time"):
+        shown[column] = table[column].map(format_duration)
+    aligns = ["left"] * 4 + ["right"] * 11 + ["left"]
+    return shown.to_markdown(index=False, colalign=aligns, disable_numparse=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,16 +261,27 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", nargs="+", default=["runs"], help="folder(s) holding runs/<name>/metrics.json (default runs)"
     )
     parser.add_argument("--out", type=Path, default=Path("results.md"), help="Markdown file (default results.md)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the fused dataset the runs were tested on (manifest.csv: breeds; images: gallery); "
+        "default: the one recorded by catdog compare",
+    )
     args = parser.parse_args(argv)
     found = collect(args.runs)
-    for problem in found.problems:
-        print(f"catdog report: {problem}", file=sys.stderr)
     if not found.runs:
+        for problem in found.problems:
+            print(f"catdog report: {problem}", file=sys.stderr)
         raise CatDogError(
             f"no readable {METRICS_FILENAME} under {', '.join(map(str, args.runs))}; "
             "train and test a model first (catdog fit ... then catdog test ...)"
         )
-    markdown, plots = write_report(found.runs, args.out)
+    from catdog.report_sections import write_report
+
+    markdown, plots = write_report(found, args.out, data_dir=args.data)
+    for problem in found.problems:
+        print(f"catdog report: {problem}", file=sys.stderr)
     print(markdown)
     print(f"\nwrote {args.out} and {len(plots)} plot(s): {', '.join(str(p) for p in plots)}")
     return 0
