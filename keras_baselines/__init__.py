@@ -8,7 +8,7 @@ as ``metrics.json`` through :mod:`catdog.metrics`, so the results table lists th
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "DEFAULT_OUT", "MODEL_NAMES", "use_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BN_MOMENTUM", "DEFAULT_OUT", "MODEL_NAMES", "use_backend"]
 
 import os
 import sys
@@ -21,6 +21,9 @@ MODEL_NAMES: tuple[str, ...] = ("effnetv2b2_scratch", "effnetv2b2_imagenet", "cu
 BACKENDS: tuple[str, ...] = ("tensorflow", "torch")
 #: Where a run lands by default: ``runs/keras/<model>``.
 DEFAULT_OUT = os.path.join("runs", "keras")
+#: BatchNorm momentum in torch convention (the weight of the new batch), set on every BatchNormalization
+#: layer; Keras' own ``momentum`` is ``1 - this`` (its default 0.99 is torch's 0.01).
+DEFAULT_BN_MOMENTUM = 0.1
 
 
 def use_backend(name: str) -> None:

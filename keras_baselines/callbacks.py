@@ -1,4 +1,8 @@
-"""Training callbacks: ``SaveModel`` (every epoch) and the per-model callback set."""
+"""Training callbacks: ``SaveModel`` (every epoch) and the per-model callback set.
+
+The checkpoint rule is the project's one rule for every model: ``checkpoints/best.keras`` is the epoch
+with the lowest ``val_loss``, ``checkpoints/last.keras`` the final completed epoch (always).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from keras_baselines.models import ModelSpec
 EPOCHS_DIRNAME = "epochs"
 CHECKPOINTS_DIRNAME = "checkpoints"
 BEST_CHECKPOINT = "best.keras"
+LAST_CHECKPOINT = "last.keras"
 HISTORY_FILENAME = "history.csv"
+#: The one checkpoint-selection rule of the project.
+MONITOR, MODE = "val_loss", "min"
 
 
 class SaveModel(keras.callbacks.Callback):
@@ -33,33 +40,26 @@ class SaveModel(keras.callbacks.Callback):
 def make_callbacks(
     spec: ModelSpec, run_dir: str | Path, patience: int = 3, min_delta: float = 0.0
 ) -> list[keras.callbacks.Callback]:
-    """The callbacks of ``spec``: CSV history always; SaveModel, early stopping, best checkpoint per model.
+    """CSV history, best (lowest ``val_loss``) and last checkpoints for every model; SaveModel and early
+    stopping (also on ``val_loss``) for the models of the original work that had them.
 
-    Early stopping and the best checkpoint both watch ``val_accuracy``; early stopping restores the best
-    weights at the end of training.
+    Early stopping does not restore weights: the best epoch is ``best.keras``, and ``last.keras`` stays
+    the final epoch.
     """
     run_dir = Path(run_dir)
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILENAME))]
+    checkpoints = run_dir / CHECKPOINTS_DIRNAME
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILENAME)),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoints / BEST_CHECKPOINT), monitor=MONITOR, mode=MODE, save_best_only=True
+        ),
+        keras.callbacks.ModelCheckpoint(str(checkpoints / LAST_CHECKPOINT), save_best_only=False),
+    ]
     if spec.save_every_epoch:
         callbacks.append(SaveModel(run_dir / EPOCHS_DIRNAME))
-    if spec.checkpoint_best:
-        (run_dir / CHECKPOINTS_DIRNAME).mkdir(parents=True, exist_ok=True)
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                str(run_dir / CHECKPOINTS_DIRNAME / BEST_CHECKPOINT),
-                monitor="val_accuracy",
-                mode="max",
-                save_best_only=True,
-            )
-        )
     if spec.early_stopping:
         callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy",
-                mode="max",
-                patience=patience,
-                min_delta=min_delta,
-                restore_best_weights=True,
-            )
+            keras.callbacks.EarlyStopping(monitor=MONITOR, mode=MODE, patience=patience, min_delta=min_delta)
         )
     return callbacks

@@ -7,12 +7,14 @@ imported (the training modules import it at module level).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from catdog import CatDogError
-from keras_baselines import BACKENDS, DEFAULT_OUT, MODEL_NAMES, use_backend
+from keras_baselines import BACKENDS, DEFAULT_BN_MOMENTUM, DEFAULT_OUT, MODEL_NAMES, use_backend
 
 
 def _default_backend() -> str:
@@ -48,9 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--val-fraction", type=float, default=0.2, help="of train/, seeded split")
+    train.add_argument(
+        "--val-files",
+        type=Path,
+        default=None,
+        help="validation images: a file list (one path per line, "
+        "relative to --data, e.g. train/cat/cat.12.jpg); default: a stratified --val-fraction of train/",
+    )
+    train.add_argument("--val-fraction", type=float, default=0.15, help="of each class of train/, seeded split")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--learning-rate", type=float, default=None, help="default: per model")
+    train.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=DEFAULT_BN_MOMENTUM,
+        help="BatchNorm momentum in torch convention, set on every BatchNormalization layer (Keras momentum "
+        f"1 - this; default {DEFAULT_BN_MOMENTUM})",
+    )
     train.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
     train.add_argument("--min-delta", type=float, default=0.0, help="early stopping minimum improvement")
     train.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch (smoke runs)")
@@ -72,9 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(metrics) -> str:
     return (
-        f"{metrics.model}: accuracy {metrics.accuracy:.4f}  f1 {metrics.f1:.4f}  auroc {metrics.auroc:.4f}  "
-        f"epochs {metrics.epochs}  {metrics.train_seconds:.1f}s"
+        f"{metrics.model}: accuracy {metrics.accuracy:.4f}  balanced accuracy {metrics.balanced_accuracy:.4f}  "
+        f"f1 {metrics.f1:.4f}  auroc {_number(metrics.auroc)}  epochs {metrics.epochs}  {metrics.train_seconds:.1f}s"
     )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _report(metrics, run_dir: Path) -> None:
+    """Print the summary line, the collapse warning if the predictions show one, and where metrics went."""
+    from catdog.metrics import PREDICTIONS_FILENAME, read_predictions
+
+    print(_summary(metrics))
+    warning = read_predictions(run_dir / PREDICTIONS_FILENAME).score().collapse_warning()
+    if warning:
+        print(f"  warning: {warning}")
+    print(f"  -> {run_dir / 'metrics.json'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,22 +117,51 @@ def run(args: argparse.Namespace) -> int:
         metrics = train_lib.evaluate(
             args.model_path, args.data, out=args.out, batch_size=args.batch_size, name=args.name
         )
-        print(_summary(metrics))
+        _report(metrics, train_lib.evaluation_dir(args.model_path, args.out))
         return 0
+    return train_models(args, train_lib)
+
+
+def _plan(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
+    """The run directory of each model to train, and the reason of each ``--model all`` skips.
+
+    Checked before any training: a missing dataset, validation list or ImageNet file should not surface
+    after hours. With ``--model all`` a model without its ImageNet weights is skipped, not fatal.
+    """
+    from catdog.splits import split_train
+    from keras_baselines.data import check_dataset
+    from keras_baselines.models import resolve_imagenet_weights
 
     names = MODEL_NAMES if args.model == "all" else (args.model,)
     if args.weights is not None and "effnetv2b2_imagenet" not in names:
         raise CatDogError(f"--weights applies to effnetv2b2_imagenet only, not {args.model}")
-    # Fail before any training: a missing dataset or ImageNet file should not surface after hours.
-    from keras_baselines.data import check_dataset
-    from keras_baselines.models import resolve_imagenet_weights
-
     check_dataset(args.data)
+    if args.val_files is not None:
+        split_train(args.data, val_files=args.val_files)  # every listed file must be an image of train/
+    parent = Path(DEFAULT_OUT) if args.out is None else args.out
+    runs = {name: args.out if args.out is not None and args.model != "all" else parent / name for name in names}
+    skipped: dict[str, str] = {}
     if "effnetv2b2_imagenet" in names:
-        resolve_imagenet_weights(args.weights, offline=args.offline)
-    for name in names:
-        parent = Path(DEFAULT_OUT) if args.out is None else args.out
-        out = args.out if args.out is not None and args.model != "all" else parent / name
+        try:
+            resolve_imagenet_weights(args.weights, offline=args.offline)
+        except CatDogError as err:
+            if args.model != "all":
+                raise
+            skipped["effnetv2b2_imagenet"] = str(err)
+    return runs, skipped
+
+
+def train_models(args: argparse.Namespace, train_lib) -> int:
+    """Train each planned model in turn; 0 when all trained (skips aside), 1 when one failed."""
+    runs, skipped = _plan(args)
+    failed: list[str] = []
+    for name, out in runs.items():
+        if name in skipped:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / train_lib.SKIPPED).write_text(json.dumps({"model": name, "reason": skipped[name]}, indent=2) + "\n")
+            print(f"{name}: skipped: {skipped[name]}")
+            print(f"  -> {out / train_lib.SKIPPED}")
+            continue
         config = train_lib.TrainConfig(
             model=name,
             data=args.data,
@@ -111,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             val_fraction=args.val_fraction,
             seed=args.seed,
+            val_files=args.val_files,
             learning_rate=args.learning_rate,
+            bn_momentum=args.bn_momentum,
             patience=args.patience,
             min_delta=args.min_delta,
             steps_per_epoch=args.steps_per_epoch,
@@ -121,9 +183,19 @@ def run(args: argparse.Namespace) -> int:
             run_eagerly=args.eager,
             verbose=0 if args.quiet else 2,
         )
-        metrics = train_lib.train(config)
-        print(_summary(metrics))
-        print(f"  -> {out / 'metrics.json'}")
+        if len(runs) == 1:
+            _report(train_lib.train(config), out)
+            continue
+        try:
+            _report(train_lib.train(config), out)
+        except Exception as err:  # --model all: report it, train the others, exit non-zero at the end
+            failed.append(name)
+            if not isinstance(err, CatDogError):
+                traceback.print_exc()
+            print(f"{name}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} model(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,10 +1,16 @@
-"""Input pipelines over the fused ``dataset/{train,test}/{cat,dog}`` folders.
+"""Input pipelines over the fused ``dataset/{train,test}/{cat,dog}`` folders, built from explicit file lists.
 
-``keras.utils.image_dataset_from_directory`` reads the images with the class order fixed to
-``catdog.CLASSES`` (0 = cat, 1 = dog). On the TensorFlow backend it returns ``tf.data`` pipelines
-(cached as uint8, shuffled, augmented, prefetched); on other backends it returns ``grain`` pipelines
-(``format="grain"``), which need no TensorFlow. Augmentation (flip, rotation, zoom) uses Keras
-preprocessing layers and is applied to the training split only.
+The images are chosen by :mod:`catdog.splits`, exactly as the torch trainers choose them: the
+validation files are a file list (``--val-files``) or ``split_train(data, val_fraction, seed)``; the
+test files are every image of ``test/{cat,dog}`` in sorted order. Class order is ``catdog.CLASSES``
+(0 = cat, 1 = dog).
+
+On the TensorFlow backend the pipelines are ``tf.data`` (decoded once, cached as uint8, shuffled each
+epoch, augmented, prefetched); on other backends they are ``grain`` pipelines, which need no
+TensorFlow. Both decode and resize as ``keras.utils.image_dataset_from_directory`` does (bilinear,
+no antialiasing, RGB). The training pipeline drops its incomplete last batch; validation and test keep
+every image, in file-list order. Augmentation (flip, rotation, zoom) is Keras preprocessing layers,
+applied to the training split only.
 """
 
 from __future__ import annotations
@@ -14,23 +20,35 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from catdog import CLASSES, CatDogError
+from catdog.splits import is_image_name, labelled_images, relative_name, split_train
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LABEL_MODES = ("categorical", "binary")
+#: Suffixes TensorFlow cannot decode; those images are read with Pillow instead.
+_PIL_ONLY = (".tif", ".tiff")
 
 
 @dataclass
 class Splits:
-    """The training, validation and test pipelines, plus their sizes."""
+    """The training, validation and test pipelines and their files (relative to the dataset root)."""
 
     train: Any
     val: Any
     test: Any
-    train_count: int
-    val_count: int
+    train_files: list[str]
+    val_files: list[str]
     test_files: list[str]
+    test_labels: list[int]
+
+    @property
+    def train_count(self) -> int:
+        return len(self.train_files)
+
+    @property
+    def val_count(self) -> int:
+        return len(self.val_files)
 
 
 def check_dataset(data: str | Path, splits: tuple[str, ...] = ("train", "test")) -> Path:
@@ -44,7 +62,7 @@ def check_dataset(data: str | Path, splits: tuple[str, ...] = ("train", "test"))
             folder = root / split / name
             if not folder.is_dir():
                 raise CatDogError(f"--data {root}: missing folder {folder}; expected {split}/{{cat,dog}}; {fix}")
-            if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            if not any(is_image_name(p.name) for p in folder.iterdir()):
                 raise CatDogError(f"--data {root}: no images in {folder}; {fix}")
     return root
 
@@ -85,16 +103,14 @@ def _augment_fn(layers: list[keras.layers.Layer]):
     return augment
 
 
-def _from_directory(directory: Path, **kwargs: Any) -> Any:
-    return keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        class_names=list(CLASSES),
-        color_mode="rgb",
-        interpolation="bilinear",
-        verbose=False,
-        **kwargs,
-    )
+def encode_labels(labels: list[int], label_mode: str) -> np.ndarray:
+    """Class indices as float32 targets: one-hot ``(n, 2)`` (``categorical``) or ``(n, 1)`` (``binary``)."""
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    index = np.asarray(labels, dtype=np.int64)
+    if label_mode == "categorical":
+        return np.eye(len(CLASSES), dtype=np.float32)[index]
+    return index.astype(np.float32)[:, None]
 
 
 def load_splits(
@@ -102,98 +118,113 @@ def load_splits(
     image_size: int,
     batch_size: int,
     label_mode: str,
-    val_fraction: float = 0.2,
+    val_fraction: float = 0.15,
     seed: int = 42,
     augment: bool = True,
+    val_files: str | Path | None = None,
 ) -> Splits:
-    """Training/validation pipelines from ``<data>/train`` (seeded split) and the test pipeline.
+    """Training/validation pipelines from ``<data>/train`` and the unshuffled test pipeline.
 
-    ``label_mode`` is ``"categorical"`` (one-hot, for a 2-way softmax) or ``"binary"`` (one sigmoid unit).
-    The test pipeline is unshuffled: ``Splits.test_files[i]`` is the file of its i-th image.
+    ``val_files`` (a file list, :func:`catdog.splits.read_file_list`) names the validation images;
+    without it they are ``split_train(data, val_fraction, seed)``'s. ``label_mode`` is ``"categorical"``
+    (one-hot, for a 2-way softmax) or ``"binary"`` (one sigmoid unit). ``Splits.test_files[i]`` is the
+    file of the test pipeline's i-th image.
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-    if not 0.0 < val_fraction < 1.0:
+    if val_files is None and not 0.0 < val_fraction < 1.0:
         raise CatDogError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
     root = check_dataset(data)
-    fmt = backend_format()
+    split = split_train(root, val_fraction=val_fraction, seed=seed, val_files=val_files)
+    if len(split.train_paths) < batch_size:
+        raise CatDogError(
+            f"--batch-size {batch_size}: larger than the {len(split.train_paths)} training images of {root}; "
+            "incomplete batches are dropped, so pass a smaller --batch-size"
+        )
+    test_paths, test_labels = labelled_images(root / "test")
     size = (image_size, image_size)
-    common = dict(label_mode=label_mode, image_size=size, format=fmt)
-    if fmt == "tf":
-        import tensorflow as tf
-
-        train, val = _from_directory(
-            root / "train",
-            batch_size=None,
-            shuffle=True,
-            seed=seed,
-            validation_split=val_fraction,
-            subset="both",
-            **common,
-        )
-        train_count, val_count = len(train.file_paths), len(val.file_paths)
-
-        def to_uint8(images, labels):
-            # Cached as uint8: a quarter of the memory of float32 at the same resolution.
-            return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8), labels
-
-        def to_float(images, labels):
-            return tf.cast(images, tf.float32), labels
-
-        autotune = tf.data.AUTOTUNE
-        train = (
-            train.map(to_uint8, num_parallel_calls=autotune)
-            .cache()
-            .shuffle(min(train_count, 4096), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .map(to_float, num_parallel_calls=autotune)
-        )
-        if augment:
-            train = train.map(_augment_fn(augmentation(seed)), num_parallel_calls=autotune)
-        train = train.prefetch(autotune)
-        val = (
-            val.map(to_uint8, num_parallel_calls=autotune)
-            .cache()
-            .batch(batch_size)
-            .map(to_float, num_parallel_calls=autotune)
-            .prefetch(autotune)
-        )
-        test = _from_directory(root / "test", batch_size=batch_size, shuffle=False, **common)
-        test_files = list(test.file_paths)
-    else:
-        # grain: decoding runs in the read threads of ``to_iter_dataset`` (grain's prefetch); no cache.
-        train, val = _from_directory(
-            root / "train",
-            batch_size=batch_size,
-            shuffle=True,
-            seed=seed,
-            validation_split=val_fraction,
-            subset="both",
-            **common,
-        )
-        train_count, val_count = len(train.file_paths), len(val.file_paths)
-        if augment:
-            augment_fn = _augment_fn(augmentation(seed))
-            train = train.map(lambda batch: augment_fn(*batch))
-        test = _from_directory(root / "test", batch_size=batch_size, shuffle=False, **common)
-        test_files = list(test.file_paths)
-    return Splits(train, val, test, train_count, val_count, test_files)
-
-
-def load_test(data: str | Path, image_size: int, batch_size: int) -> tuple[Any, list[str]]:
-    """The unshuffled test pipeline of ``<data>/test`` and its files, in pipeline order."""
-    root = check_dataset(data, splits=("test",))
-    test = _from_directory(
-        root / "test",
-        label_mode="int",
-        image_size=(image_size, image_size),
-        batch_size=batch_size,
-        shuffle=False,
-        format=backend_format(),
+    make = _tf_pipeline if backend_format() == "tf" else _grain_pipeline
+    aug = _augment_fn(augmentation(seed)) if augment else None
+    return Splits(
+        train=make(split.train_paths, encode_labels(split.train_labels, label_mode), size, batch_size, seed, aug),
+        val=make(split.val_paths, encode_labels(split.val_labels, label_mode), size, batch_size),
+        test=make(test_paths, encode_labels(test_labels, label_mode), size, batch_size),
+        train_files=[relative_name(p, root) for p in split.train_paths],
+        val_files=[relative_name(p, root) for p in split.val_paths],
+        test_files=[relative_name(p, root) for p in test_paths],
+        test_labels=list(test_labels),
     )
-    return test, list(test.file_paths)
 
 
-def labels_from_files(files: list[str]) -> list[int]:
-    """Class index of each file from its folder name (``cat`` -> 0, ``dog`` -> 1)."""
-    return [CLASSES.index(Path(f).parent.name) for f in files]
+def load_test(data: str | Path, image_size: int, batch_size: int) -> tuple[Any, list[str], list[int]]:
+    """The unshuffled test pipeline of ``<data>/test``, its files (relative to ``data``) and labels."""
+    root = check_dataset(data, splits=("test",))
+    paths, labels = labelled_images(root / "test")
+    make = _tf_pipeline if backend_format() == "tf" else _grain_pipeline
+    test = make(paths, encode_labels(labels, "binary"), (image_size, image_size), batch_size)
+    return test, [relative_name(p, root) for p in paths], list(labels)
+
+
+def load_image_pil(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """One image as float32 ``(h, w, 3)`` in ``[0, 255]``: Pillow decode to RGB, bilinear resize (Keras ops)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        array = np.asarray(img.convert("RGB"), dtype=np.float32)
+    resized = keras.ops.image.resize(array, size, interpolation="bilinear")
+    return keras.ops.convert_to_numpy(resized).astype(np.float32)
+
+
+def _tf_pipeline(paths, targets, size, batch_size, seed=None, augment=None):
+    """``tf.data`` over ``paths``: decoded once and cached as uint8; shuffled and batched (drop_last) when
+    ``seed`` is given (the training split), else in order with every image."""
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+
+    def decode(path):
+        def with_tf():
+            raw = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            return tf.image.resize(raw, size, method="bilinear")
+
+        def with_pil():
+            return tf.numpy_function(lambda p: load_image_pil(p.decode(), size), [path], tf.float32)
+
+        pil_only = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.(tiff?)$")
+        image = tf.cond(pil_only, with_pil, with_tf)
+        image.set_shape((*size, 3))
+        # Cached as uint8: a quarter of the memory of float32 at the same resolution.
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    def to_float(images, labels):
+        return tf.cast(images, tf.float32), labels
+
+    names = [str(p) for p in paths]
+    if seed is not None:
+        # A seeded permutation before the cache, so a shuffle buffer smaller than the split still mixes
+        # both classes (the files are listed cats first); the buffer then reshuffles every epoch.
+        order = np.random.default_rng(seed).permutation(len(names))
+        names, targets = [names[i] for i in order], targets[order]
+    images = tf.data.Dataset.from_tensor_slices(names).map(decode, num_parallel_calls=autotune)
+    ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(targets))).cache()
+    if seed is not None:
+        ds = ds.shuffle(min(len(names), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=seed is not None).map(to_float, num_parallel_calls=autotune)
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=autotune)
+    return ds.prefetch(autotune)
+
+
+def _grain_pipeline(paths, targets, size, batch_size, seed=None, augment=None):
+    """``grain`` over ``paths`` (Pillow decode in grain's read threads, no cache); shuffled and batched
+    (drop_last) when ``seed`` is given, else in order with every image."""
+    import grain
+
+    ds = grain.MapDataset.source([(str(p), target) for p, target in zip(paths, targets, strict=True)])
+    if seed is not None:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.map(lambda item: (load_image_pil(item[0], size), item[1])).to_iter_dataset()
+    ds = ds.batch(batch_size, drop_remainder=seed is not None)
+    if augment is not None:
+        ds = ds.map(lambda batch: augment(*batch))
+    return ds

@@ -1,4 +1,4 @@
-"""The four Keras models of the original comparison, each with its loss, optimiser and callbacks.
+"""The four Keras models of the original comparison: a registry of builders, each with its loss and optimiser.
 
 All models take float RGB images in ``[0, 255]``, shape ``(size, size, 3)``; their preprocessing is part
 of the model (EfficientNetV2's own rescaling, ``Rescaling(1/255)`` for the others), so a saved ``.keras``
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 from catdog import CLASSES, CatDogError
-from keras_baselines import MODEL_NAMES
+from keras_baselines import DEFAULT_BN_MOMENTUM, MODEL_NAMES
 
 #: File name Keras gives the ImageNet no-top EfficientNetV2B2 weights in its cache ($KERAS_HOME/models).
 EFFNET_NOTOP_FILE = "efficientnetv2-b2_notop.h5"
@@ -24,32 +25,29 @@ EFFNET_NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How one baseline is trained."""
+    """How one baseline is built and trained; ``build(image_size, weights)`` returns the uncompiled network."""
 
     name: str
+    build: Callable[[int, str | None], keras.Model]
     label_mode: str  # "categorical" (2-way softmax) or "binary" (one sigmoid)
     learning_rate: float
     pretrained: bool = False
-    save_every_epoch: bool = False  # SaveModel callback
+    save_every_epoch: bool = False  # SaveModel callback, as in the original work
     early_stopping: bool = False
-    checkpoint_best: bool = False  # ModelCheckpoint, best by val_accuracy
 
 
-SPECS: dict[str, ModelSpec] = {
-    "effnetv2b2_scratch": ModelSpec("effnetv2b2_scratch", "categorical", 1e-3, save_every_epoch=True),
-    "effnetv2b2_imagenet": ModelSpec(
-        "effnetv2b2_imagenet",
-        "categorical",
-        1e-4,
-        pretrained=True,
-        save_every_epoch=True,
-        early_stopping=True,
-        checkpoint_best=True,
-    ),
-    "custom_cnn": ModelSpec("custom_cnn", "binary", 1e-3, save_every_epoch=True),
-    "vgg16": ModelSpec("vgg16", "categorical", 1e-4, early_stopping=True, checkpoint_best=True),
-}
-assert tuple(SPECS) == MODEL_NAMES
+#: The registry, filled by :func:`register_model` in definition order (the order of ``MODEL_NAMES``).
+SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(label_mode: str, learning_rate: float, **options: bool):
+    """Register the decorated builder under its function name (timm's ``@register_model`` habit)."""
+
+    def decorator(build: Callable[[int, str | None], keras.Model]) -> Callable[[int, str | None], keras.Model]:
+        SPECS[build.__name__] = ModelSpec(build.__name__, build, label_mode, learning_rate, **options)
+        return build
+
+    return decorator
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -125,6 +123,66 @@ def _efficientnet(image_size: int, weights: str | None) -> keras.Model:
         ) from err
 
 
+# -- the four baselines (registered in the order of MODEL_NAMES) -------------------------------------
+
+
+def _effnet_head(inputs: keras.KerasTensor, features: keras.KerasTensor, name: str) -> keras.Model:
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@register_model("categorical", 1e-3, save_every_epoch=True)
+def effnetv2b2_scratch(image_size: int, weights: str | None = None) -> keras.Model:
+    """EfficientNetV2B2 from random weights (its own rescaling), GAP + 2-way softmax."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    return _effnet_head(inputs, _efficientnet(image_size, None)(inputs), "effnetv2b2_scratch")
+
+
+@register_model("categorical", 1e-4, pretrained=True, save_every_epoch=True, early_stopping=True)
+def effnetv2b2_imagenet(image_size: int, weights: str | None = None) -> keras.Model:
+    """EfficientNetV2B2 with ImageNet weights, fine-tuned with its BatchNorm layers in inference mode."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    base = _efficientnet(image_size, weights)
+    base.trainable = True
+    # Fine-tuning: batch-norm layers keep their ImageNet statistics (inference mode).
+    return _effnet_head(inputs, base(inputs, training=False), "effnetv2b2_imagenet")
+
+
+@register_model("binary", 1e-3, save_every_epoch=True)
+def custom_cnn(image_size: int, weights: str | None = None) -> keras.Model:
+    """Four Conv2D + MaxPooling blocks, Dense(128) + Dropout, one sigmoid unit (P(dog))."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for i, filters in enumerate((32, 64, 128, 128)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(128, activation="relu", name="fc")(x)
+    x = keras.layers.Dropout(0.5, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="prob_dog")(x)
+    return keras.Model(inputs, outputs, name="custom_cnn")
+
+
+@register_model("categorical", 1e-4, early_stopping=True)
+def vgg16(image_size: int, weights: str | None = None) -> keras.Model:
+    """VGG16 from random weights, GAP + Dense(256) + Dropout + 2-way softmax."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dense(256, activation="relu", name="fc")(x)
+    x = keras.layers.Dropout(0.5, name="dropout")(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="vgg16")
+
+
+assert tuple(SPECS) == MODEL_NAMES, (tuple(SPECS), MODEL_NAMES)
+
+
+# -- building, BatchNorm, outputs -------------------------------------------------------------------
+
+
 def build_model(
     name: str,
     image_size: int = 224,
@@ -132,11 +190,13 @@ def build_model(
     offline: bool = False,
     learning_rate: float | None = None,
     run_eagerly: bool = False,
+    bn_momentum: float = DEFAULT_BN_MOMENTUM,
 ) -> keras.Model:
     """Build and compile ``name`` for square ``image_size`` images.
 
     ``weights`` and ``offline`` apply to ``effnetv2b2_imagenet`` only (see
     :func:`resolve_imagenet_weights`); passing ``weights`` for another model is an error.
+    ``bn_momentum`` (torch convention) is set on every BatchNormalization layer (:func:`set_bn_momentum`).
     ``run_eagerly`` skips graph compilation: slower per step, but far quicker for a few smoke steps.
     """
     spec = get_spec(name)
@@ -144,37 +204,8 @@ def build_model(
         raise CatDogError(f"--weights applies to effnetv2b2_imagenet only, not {name}")
     if image_size < 32:
         raise CatDogError(f"--image-size must be at least 32, got {image_size}")
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    if name == "effnetv2b2_scratch":
-        base = _efficientnet(image_size, None)
-        x = base(inputs)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
-    elif name == "effnetv2b2_imagenet":
-        base = _efficientnet(image_size, resolve_imagenet_weights(weights, offline))
-        base.trainable = True
-        # Fine-tuning: batch-norm layers keep their ImageNet statistics (inference mode).
-        x = base(inputs, training=False)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
-    elif name == "custom_cnn":
-        x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-        for i, filters in enumerate((32, 64, 128, 128)):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
-            x = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(x)
-        x = keras.layers.Flatten(name="flatten")(x)
-        x = keras.layers.Dense(128, activation="relu", name="fc")(x)
-        x = keras.layers.Dropout(0.5, name="dropout")(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="prob_dog")(x)
-    else:  # vgg16
-        x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-        base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
-        x = base(x)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(256, activation="relu", name="fc")(x)
-        x = keras.layers.Dropout(0.5, name="dropout")(x)
-        outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
-    model = keras.Model(inputs, outputs, name=name)
+    model = spec.build(image_size, resolve_imagenet_weights(weights, offline) if spec.pretrained else None)
+    set_bn_momentum(model, bn_momentum)
     loss = "categorical_crossentropy" if spec.label_mode == "categorical" else "binary_crossentropy"
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate or spec.learning_rate),
@@ -185,6 +216,33 @@ def build_model(
     return model
 
 
+def batch_norm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of ``model``, including those inside nested models."""
+    found: list[keras.layers.BatchNormalization] = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        else:
+            found += batch_norm_layers(layer)
+    return found
+
+
+def set_bn_momentum(model: keras.Layer, bn_momentum: float) -> int:
+    """Set ``bn_momentum`` (torch convention: the weight of the new batch) on every BatchNormalization
+    layer; Keras' own ``momentum`` is the weight of the old value, ``1 - bn_momentum``. Returns the count.
+
+    Keras' default (0.99, torch 0.01) leaves the running statistics near their initial values after a
+    short run, and a model evaluated with them calls (almost) every image one class. The torch default
+    0.1 follows them within a few dozen steps.
+    """
+    if not 0.0 < bn_momentum <= 1.0:
+        raise CatDogError(f"--bn-momentum must be in (0, 1] (torch convention, default 0.1), got {bn_momentum}")
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.momentum = 1.0 - bn_momentum
+    return len(layers)
+
+
 def dog_probability(probabilities) -> list[float]:
     """P(dog) per image from a model's outputs: column 1 of a softmax, or the single sigmoid."""
     import numpy as np
@@ -193,8 +251,3 @@ def dog_probability(probabilities) -> list[float]:
     if probs.ndim != 2 or probs.shape[1] not in (1, 2):
         raise ValueError(f"expected model outputs of shape (n, 1) or (n, 2), got {probs.shape}")
     return (probs[:, 1] if probs.shape[1] == 2 else probs[:, 0]).tolist()
-
-
-def label_mode_of(model: keras.Model) -> str:
-    """``"binary"`` for a one-unit sigmoid head, ``"categorical"`` for a 2-way softmax."""
-    return "binary" if model.output_shape[-1] == 1 else "categorical"

@@ -1,13 +1,15 @@
-"""Train one baseline, evaluate it on the test split and write ``metrics.json`` + ``history.csv``.
+"""Train one baseline, test its best checkpoint and write ``predictions.csv`` + ``metrics.json``.
 
 A run directory (default ``runs/keras/<model>``) holds::
 
-    model.keras              the model at the end of training (best weights when early stopping)
+    checkpoints/best.keras   the epoch with the lowest val_loss (tested for predictions.csv)
+    checkpoints/last.keras   the final completed epoch
     epochs/epoch_NNN.keras   SaveModel, one per epoch (models with SaveModel)
-    checkpoints/best.keras   best by val_accuracy (models with checkpoints)
     history.csv              Keras CSVLogger, one row per epoch
+    val_files.txt            the validation images (a catdog.splits file list)
+    predictions.csv          test split: file (relative to the dataset root), label, P(dog)
+    metrics.json             computed from predictions.csv by catdog.metrics (framework "keras")
     run.json                 what was trained and how (read back by ``evaluate``)
-    metrics.json             the shared schema of :mod:`catdog.metrics` (framework "keras")
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from catdog import CLASSES, CatDogError
-from catdog.metrics import RunMetrics, binary_confusion_matrix, write_metrics
+from catdog.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
+from catdog.splits import write_file_list
+from keras_baselines import DEFAULT_BN_MOMENTUM
 from keras_baselines import data as data_lib
 from keras_baselines.callbacks import BEST_CHECKPOINT, CHECKPOINTS_DIRNAME, make_callbacks
 from keras_baselines.models import build_model, dog_probability, get_spec
 
-FINAL_MODEL = "model.keras"
 RUN_INFO = "run.json"
+VAL_FILES = "val_files.txt"
+#: Written instead of a run when ``--model all`` skips a model (its reason); removed when it trains.
+SKIPPED = "skipped.json"
 
 
 @dataclass
@@ -41,9 +46,11 @@ class TrainConfig:
     image_size: int = 224
     epochs: int = 10
     batch_size: int = 32
-    val_fraction: float = 0.2
+    val_fraction: float = 0.15
     seed: int = 42
+    val_files: str | Path | None = None
     learning_rate: float | None = None
+    bn_momentum: float = DEFAULT_BN_MOMENTUM
     patience: int = 3
     min_delta: float = 0.0
     steps_per_epoch: int | None = None
@@ -52,19 +59,6 @@ class TrainConfig:
     augment: bool = True
     run_eagerly: bool = False
     verbose: int = 2
-
-
-@dataclass
-class EvalResult:
-    """Test-set outcome of one model: per-image P(dog) and the summary metrics."""
-
-    files: list[str]
-    targets: list[int]
-    dog_probabilities: list[float]
-    accuracy: float
-    f1: float
-    auroc: float
-    confusion_matrix: list[list[int]]
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -76,29 +70,19 @@ def _check_config(config: TrainConfig) -> None:
         raise CatDogError(f"--steps-per-epoch must be a positive integer, got {config.steps_per_epoch}")
 
 
-def evaluate_model(model: keras.Model, test: Any, files: list[str]) -> EvalResult:
-    """Predict the unshuffled ``test`` pipeline and score it against the folder of each file."""
-    probabilities = model.predict(test, verbose=0)
-    p_dog = dog_probability(probabilities)
-    targets = data_lib.labels_from_files(files)
-    if len(p_dog) != len(targets):
-        raise RuntimeError(f"{len(p_dog)} predictions for {len(targets)} test files")
-    if np.asarray(probabilities).shape[1] == 2:
-        predictions = np.argmax(probabilities, axis=1).tolist()
-    else:
-        predictions = [int(p >= 0.5) for p in p_dog]
-    matrix = binary_confusion_matrix(targets, predictions)
-    (tn, fp), (fn, tp) = matrix
-    accuracy = (tn + tp) / max(1, len(targets))
-    f1 = 2 * tp / max(1, 2 * tp + fp + fn)  # dog is the positive class
-    auc = keras.metrics.AUC(num_thresholds=2001, curve="ROC")
-    auc.update_state(np.asarray(targets, dtype="float32"), np.asarray(p_dog, dtype="float32"))
-    auroc = min(1.0, max(0.0, float(keras.ops.convert_to_numpy(auc.result()))))
-    return EvalResult(files, targets, p_dog, float(accuracy), float(f1), auroc, matrix)
+def predict_test(model: Any, test: Any, files: list[str], labels: list[int], run_dir: str | Path) -> Path:
+    """Predict the unshuffled ``test`` pipeline and write ``<run_dir>/predictions.csv`` (file, label, P(dog)).
+
+    ``files[i]`` and ``labels[i]`` belong to the pipeline's i-th image.
+    """
+    p_dog = dog_probability(model.predict(test, verbose=0))
+    if len(p_dog) != len(files):
+        raise RuntimeError(f"{len(p_dog)} predictions for {len(files)} test files")
+    return write_predictions(files, labels, p_dog, run_dir)
 
 
 def train(config: TrainConfig) -> RunMetrics:
-    """Train ``config.model``, evaluate it on ``<data>/test`` and write the run directory."""
+    """Train ``config.model``, test its best checkpoint on ``<data>/test`` and write the run directory."""
     _check_config(config)
     spec = get_spec(config.model)
     run_dir = Path(config.out)
@@ -111,6 +95,7 @@ def train(config: TrainConfig) -> RunMetrics:
         offline=config.offline,
         learning_rate=config.learning_rate,
         run_eagerly=config.run_eagerly,
+        bn_momentum=config.bn_momentum,
     )
     splits = data_lib.load_splits(
         config.data,
@@ -120,8 +105,11 @@ def train(config: TrainConfig) -> RunMetrics:
         val_fraction=config.val_fraction,
         seed=config.seed,
         augment=config.augment,
+        val_files=config.val_files,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SKIPPED).unlink(missing_ok=True)
+    write_file_list(splits.val_files, run_dir / VAL_FILES)
     callbacks = make_callbacks(spec, run_dir, patience=config.patience, min_delta=config.min_delta)
     start = time.perf_counter()
     history = model.fit(
@@ -133,41 +121,36 @@ def train(config: TrainConfig) -> RunMetrics:
         shuffle=False,  # the training pipeline shuffles
         verbose=config.verbose,
     )
-    train_seconds = time.perf_counter() - start
+    train_seconds = round(time.perf_counter() - start, 3)
     epochs_run = len(history.history.get("loss", []))
-    final_path = run_dir / FINAL_MODEL
-    model.save(final_path)
 
-    best_path = run_dir / CHECKPOINTS_DIRNAME / BEST_CHECKPOINT
-    evaluated = keras.saving.load_model(best_path) if best_path.is_file() else model
-    checkpoint = best_path if best_path.is_file() else final_path
-    result = evaluate_model(evaluated, splits.test, splits.test_files)
-
+    checkpoint = run_dir / CHECKPOINTS_DIRNAME / BEST_CHECKPOINT
+    predictions = predict_test(
+        keras.saving.load_model(checkpoint), splits.test, splits.test_files, splits.test_labels, run_dir
+    )
     info = {
         "model": spec.name,
         "pretrained": spec.pretrained,
         "epochs": epochs_run,
-        "train_seconds": round(train_seconds, 3),
+        "train_seconds": train_seconds,
         "backend": keras.backend.backend(),
         "class_names": list(CLASSES),
         "train_images": splits.train_count,
         "val_images": splits.val_count,
         "test_images": len(splits.test_files),
+        "val_files": VAL_FILES,
         "checkpoint": str(checkpoint),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
     }
     (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    metrics = RunMetrics(
+    metrics = run_metrics_from_predictions(
+        predictions,
         model=spec.name,
         framework="keras",
         pretrained=spec.pretrained,
-        accuracy=result.accuracy,
-        f1=result.f1,
-        auroc=result.auroc,
-        confusion_matrix=result.confusion_matrix,
         num_params=int(model.count_params()),
         epochs=epochs_run,
-        train_seconds=round(train_seconds, 3),
+        train_seconds=train_seconds,
         checkpoint=str(checkpoint),
     )
     write_metrics(metrics, run_dir)
@@ -182,6 +165,14 @@ def _find_run_info(model_path: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def evaluation_dir(model_path: str | Path, out: str | Path | None = None) -> Path:
+    """Where ``evaluate`` writes: ``out``, else the run directory of ``model_path``, else its folder."""
+    if out is not None:
+        return Path(out)
+    found = _find_run_info(Path(model_path))
+    return found[0] if found else Path(model_path).parent
+
+
 def evaluate(
     model_path: str | Path,
     data: str | Path,
@@ -189,10 +180,10 @@ def evaluate(
     batch_size: int = 32,
     name: str | None = None,
 ) -> RunMetrics:
-    """Evaluate a saved ``.keras`` model on ``<data>/test`` and write ``metrics.json``.
+    """Evaluate a saved ``.keras`` model on ``<data>/test``: write ``predictions.csv`` and ``metrics.json``.
 
     The model name, epochs and training time come from the ``run.json`` of its run directory (the
-    model's folder or the one above it) when there is one. ``out`` defaults to that run directory,
+    model's folder or the one above it) when there is one. ``out`` (both files) defaults to that run directory,
     else to the model's folder.
     """
     model_path = Path(model_path)
@@ -204,23 +195,21 @@ def evaluate(
         raise CatDogError(f"--batch-size must be a positive integer, got {batch_size}")
     data_lib.check_dataset(data, splits=("test",))
     found = _find_run_info(model_path)
-    run_dir, info = found if found else (model_path.parent, {})
+    info = found[1] if found else {}
     model = keras.saving.load_model(model_path)
     image_size = int(model.input_shape[1])
-    test, files = data_lib.load_test(data, image_size=image_size, batch_size=batch_size)
-    result = evaluate_model(model, test, files)
-    metrics = RunMetrics(
+    test, files, labels = data_lib.load_test(data, image_size=image_size, batch_size=batch_size)
+    out_dir = evaluation_dir(model_path, out)
+    predictions = predict_test(model, test, files, labels, out_dir)
+    metrics = run_metrics_from_predictions(
+        predictions,
         model=name or info.get("model") or model.name,
         framework="keras",
         pretrained=bool(info.get("pretrained", False)),
-        accuracy=result.accuracy,
-        f1=result.f1,
-        auroc=result.auroc,
-        confusion_matrix=result.confusion_matrix,
         num_params=int(model.count_params()),
         epochs=int(info.get("epochs", 0)),
         train_seconds=float(info.get("train_seconds", 0.0)),
         checkpoint=str(model_path),
     )
-    write_metrics(metrics, out if out is not None else run_dir)
+    write_metrics(metrics, out_dir)
     return metrics
