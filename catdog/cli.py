@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("catdog.export:main", "Export checkpoints to self-describing ONNX files."),
     "serve": ("catdog.serving.cli:main", "Serve ONNX models over HTTP with LitServe."),
     "report": ("catdog.report:main", "Collect metrics.json files into a results table and plots."),
+    "compare": ("catdog.compare:main", "Run every model of the comparison on one dataset, then the report."),
     "demo": ("catdog.demo:main", "Run the whole pipeline on generated data."),
 }
 

@@ -1,0 +1,224 @@
+"""``catdog compare``: every model of the comparison on one dataset, one recipe, one split, then one report.
+
+    catdog compare -c configs/compare.yaml [--data dataset] [--out runs/compare] [--only NAME ...] [--force]
+
+Plan: read the config (:mod:`catdog.compare_plan`), choose the validation files once
+(:func:`catdog.splits.split_train`, stratified and seeded) and write them as ``<out>/val_files.txt``.
+Do: run each trainer as its own process (``catdog fit``/``test``, ``catdog poutyne``, ``python -m
+keras_baselines``; catdog never imports TensorFlow), its output in ``<out>/<run>/run.log``, with a
+progress line (elapsed time, epoch). A run whose outputs are complete for the same commands is skipped
+(``--force`` reruns it); a run without its weights file is skipped with the reason; a failing run is
+reported with its log and the others go on. Report: ``<out>/compare.json`` and ``<out>/results.md``
+(:mod:`catdog.report`); the exit status is 1 when a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from catdog import CatDogError
+from catdog.compare_plan import PlannedRun, load_config, plan_runs, recipe_dict
+from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
+from catdog.report import collect, format_duration
+from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
+from catdog.splits import split_train, write_file_list
+
+VAL_FILES = "val_files.txt"
+RUN_LOG = "run.log"
+#: Written last in a run folder: the commands that made its outputs (a changed command reruns the run).
+DONE_FILE = "compare-run.json"
+_EPOCH = re.compile(r"Epoch:?\s+(\d+)(?:/(\d+))?")
+_PROGRESS_EVERY = 30.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="catdog compare", description=__doc__.split("\n")[0])
+    parser.add_argument("-c", "--config", type=Path, default=Path("configs/compare.yaml"), help="compare.yaml")
+    parser.add_argument("--data", type=Path, default=None, help="fused dataset (default: the config's data)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the config's out)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these runs")
+    parser.add_argument("--force", action="store_true", help="rerun runs whose outputs are complete")
+    args = parser.parse_args(argv)
+    return compare(args.config, data=args.data, out=args.out, only=args.only, force=args.force)
+
+
+def compare(
+    config_path: Path, data: Path | None = None, out: Path | None = None, only: list[str] | None = None,
+    force: bool = False,
+) -> int:  # fmt: skip
+    """Run the comparison; returns the exit status (1 when a run failed)."""
+    start = time.perf_counter()
+    config = load_config(config_path)
+    data = (data or config.data).resolve()
+    out = (out or config.out).resolve()
+    names = [spec.name for spec in config.runs]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise CatDogError(f"--only {' '.join(unknown)}: no such run in {config_path}; runs: {', '.join(names)}")
+    val_files = _choose_val_files(data, out, config.recipe.val_fraction, config.recipe.seed)
+    planned = plan_runs(config, data, out, val_files)
+    previous = _previous_record(out)
+    entries = []
+    for index, run in enumerate(planned, start=1):
+        tag = f"[{index}/{len(planned)}] {run.spec.name}"
+        if only is not None and run.spec.name not in only:
+            old = previous.entry(run.spec.name) if previous else None
+            entries.append(old or _entry(run, out, "skipped", "not selected (--only)"))
+            continue
+        entries.append(_execute(run, out, tag, force, previous))
+    total = time.perf_counter() - start
+    record = ComparisonRecord(str(data), recipe_dict(config.recipe), describe_device(), VAL_FILES, entries, total)
+    record.write(out)
+    _write_results(out, data)
+    failed = [e for e in entries if e.status == "failed"]
+    print(f"catdog compare: {len(planned)} run(s) in {format_duration(total)} "
+          f"(total {total:.1f} s); {len(failed)} failed; report: {out / 'results.md'}")  # fmt: skip
+    for entry in failed:
+        print(f"  failed: {entry.name}: {entry.reason} (log: {out / entry.log if entry.log else '-'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _choose_val_files(data: Path, out: Path, val_fraction: float, seed: int) -> Path:
+    """Write ``<out>/val_files.txt`` (stratified, seeded; the same for every run) and return its path."""
+    split = split_train(data, val_fraction=val_fraction, seed=seed)
+    path = out / VAL_FILES
+    names = sorted(split.val_names(data))
+    if not path.is_file() or path.read_text().split() != names:
+        write_file_list(names, path)
+    print(f"catdog compare: {len(names)} validation images of {data / 'train'} in {path}")
+    return path
+
+
+def _previous_record(out: Path) -> ComparisonRecord | None:
+    try:
+        return read_record(out / COMPARE_RECORD) if (out / COMPARE_RECORD).is_file() else None
+    except CatDogError:
+        return None
+
+
+def _entry(run: PlannedRun, out: Path, status: str, reason: str = "", seconds: float | None = None) -> RunRecord:
+    log = run.run_dir / RUN_LOG
+    return RunRecord(
+        name=run.spec.name,
+        trainer=run.spec.trainer,
+        run_dir=run.run_dir.relative_to(out).as_posix(),
+        status=status,
+        reason=reason,
+        log=log.relative_to(out).as_posix() if log.is_file() else None,
+        seconds=seconds,
+        overrides={**run.spec.overrides, **({"args": " ".join(run.spec.args)} if run.spec.args else {})},
+        command=[" ".join(command[1:]) for command in run.commands],
+    )
+
+
+def _fingerprint(run: PlannedRun, val_files: Path) -> dict[str, object]:
+    """What made a run's outputs: its commands (without the interpreter) and the validation files' hash."""
+    digest = hashlib.sha256(val_files.read_bytes()).hexdigest()
+    return {"commands": [command[1:] for command in run.commands], "val_files_sha256": digest}
+
+
+def is_complete(run: PlannedRun, val_files: Path) -> bool:
+    """Whether the run folder holds readable metrics and predictions made by the same commands."""
+    done = run.run_dir / DONE_FILE
+    try:
+        if json.loads(done.read_text()) != _fingerprint(run, val_files):
+            return False
+        read_metrics(run.run_dir / METRICS_FILENAME)
+        read_predictions(run.run_dir / PREDICTIONS_FILENAME).score()
+    except (OSError, ValueError, CatDogError):
+        return False
+    return True
+
+
+def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: ComparisonRecord | None) -> RunRecord:
+    val_files = out / VAL_FILES
+    if run.missing:
+        print(f"{tag}: skipped: {run.missing}")
+        return _entry(run, out, "skipped", run.missing)
+    if not force and is_complete(run, val_files):
+        old = previous.entry(run.spec.name) if previous else None
+        print(f"{tag}: complete, not rerun (--force reruns it)")
+        return _entry(run, out, "complete", seconds=old.seconds if old else None)
+    (run.run_dir / DONE_FILE).unlink(missing_ok=True)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    log = run.run_dir / RUN_LOG
+    print(f"{tag}: started ({run.spec.trainer}; log {log})", flush=True)
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        for command in run.commands:
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            status = _run_command(command, handle, log, tag, start, run.spec.trainer)
+            if status != 0:
+                seconds = time.perf_counter() - start
+                reason = f"exit status {status} from `{' '.join(command[1:4])}`: {_last_line(log)}"
+                print(f"{tag}: FAILED after {format_duration(seconds)}: {reason} (log {log})", flush=True)
+                return _entry(run, out, "failed", reason, seconds)
+    seconds = time.perf_counter() - start
+    if not (run.run_dir / METRICS_FILENAME).is_file() or not (run.run_dir / PREDICTIONS_FILENAME).is_file():
+        reason = f"finished without {METRICS_FILENAME} and {PREDICTIONS_FILENAME} in {run.run_dir}"
+        print(f"{tag}: FAILED: {reason}", flush=True)
+        return _entry(run, out, "failed", reason, seconds)
+    (run.run_dir / DONE_FILE).write_text(json.dumps(_fingerprint(run, val_files), indent=2) + "\n")
+    accuracy = read_predictions(run.run_dir / PREDICTIONS_FILENAME).score().accuracy
+    print(f"{tag}: done in {format_duration(seconds)} (test accuracy {accuracy:.4f})", flush=True)
+    return _entry(run, out, "done", seconds=seconds)
+
+
+def _run_command(command: list[str], handle, log: Path, tag: str, start: float, trainer: str) -> int:
+    """Run one command, its output appended to ``log``; print a line when the epoch changes or every 30 s."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("WANDB_MODE", "offline")
+    env.setdefault("WANDB_SILENT", "true")
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    shown, last_print = None, time.perf_counter()
+    try:
+        while process.poll() is None:
+            time.sleep(1.0)
+            epoch = _current_epoch(log, trainer)
+            now = time.perf_counter()
+            if epoch != shown or now - last_print >= _PROGRESS_EVERY:
+                where = f", epoch {epoch}" if epoch else ""
+                print(f"{tag}: {format_duration(now - start)}{where}", flush=True)
+                shown, last_print = epoch, now
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+    return process.returncode
+
+
+def _current_epoch(log: Path, trainer: str) -> str | None:
+    """The last epoch the log mentions (``3/10``, or ``3`` when the total is not printed), 1-based."""
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 65536))
+        tail = handle.read().decode(errors="replace")
+    matches = _EPOCH.findall(tail)
+    if not matches:
+        return None
+    number, total = matches[-1]
+    number = int(number) + (1 if trainer == "lightning" else 0)  # Lightning counts epochs from 0
+    return f"{number}/{total}" if total else str(number)
+
+
+def _last_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else "(no output)"
+
+
+def _write_results(out: Path, data: Path) -> None:
+    from catdog.report_sections import write_report
+
+    found = collect([out])
+    if not found.runs:
+        print(f"catdog compare: no run has results yet; see {out / COMPARE_RECORD}", file=sys.stderr)
+        return
+    write_report(found, out / "results.md", data_dir=data)
