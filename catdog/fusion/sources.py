@@ -1,0 +1,130 @@
+"""Reading the sources: folders and (nested) zips behind one small interface, and the image checks."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from catdog import CatDogError
+
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+PNG_START = b"\x89PNG\r\n\x1a\n"
+#: The formats fusion writes: those whose start and end markers the quick check knows (Kaggle ships JPEGs).
+FORMATS = frozenset({"JPEG", "PNG"})
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source: ``name`` is its path inside the source, ``ref`` says where it is for users."""
+
+    name: str
+    ref: str
+    read: Callable[[], bytes] = field(compare=False, repr=False)
+    path: str | None = None  # set for folder sources: hardlink/symlink/move need a real file
+
+
+class Source(contextlib.ExitStack):
+    """A folder or zip archive, listed as :class:`SourceFile` objects (use as a context manager)."""
+
+    def __init__(self, location: str | os.PathLike[str], what: str) -> None:
+        super().__init__()
+        self.location = Path(location)
+        self.what = what
+        if not self.location.exists():
+            raise CatDogError(f"{what} source {self.location}: no such file or folder")
+
+    def files(self) -> list[SourceFile]:
+        """Every file of the source, nested zips opened, sorted by name."""
+        if self.location.is_dir():
+            return sorted(_folder_files(str(self.location)), key=lambda f: f.name)
+        return self._zip_files(self.location, str(self.location))
+
+    def _open_zip(self, location: Path | io.IOBase, ref: str) -> zipfile.ZipFile:
+        try:
+            return self.enter_context(zipfile.ZipFile(location))
+        except zipfile.BadZipFile as err:
+            raise CatDogError(f"{self.what} source {ref}: not a valid zip file ({err})") from err
+
+    def _zip_files(self, location: Path | io.IOBase, ref: str) -> list[SourceFile]:
+        archive = self._open_zip(location, ref)
+        files: list[SourceFile] = []
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            member_ref = f"{ref}!{info.filename}"
+            if info.filename.lower().endswith(".zip"):
+                # Nested archive (the competition zip holds train.zip): spool it to a seekable temp file.
+                spool = self.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (closed by the stack)
+                with archive.open(info) as member:
+                    shutil.copyfileobj(member, spool, 1 << 20)
+                spool.seek(0)
+                nested = self._zip_files(spool, member_ref)  # type: ignore[arg-type]
+                files.extend(SourceFile(f"{info.filename}!{f.name}", f.ref, f.read) for f in nested)
+            else:
+                files.append(SourceFile(info.filename, member_ref, functools.partial(archive.read, info)))
+        return files
+
+
+def _folder_files(root: str) -> list[SourceFile]:
+    """Every file under ``root`` (plain strings: a Path per file costs more than reading a small image)."""
+    found = []
+    for folder, _, names in os.walk(root):
+        relative = os.path.relpath(folder, root)
+        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+        for name in names:
+            path = os.path.join(folder, name)
+            found.append(SourceFile(prefix + name, path, functools.partial(read_file, path), path))
+    return found
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of a file, in one unbuffered read."""
+    with open(path, "rb", buffering=0) as handle:
+        return handle.readall()
+
+
+def basename(name: str) -> str:
+    """The file name of a source file name (zip nesting included)."""
+    return name.rsplit("!", 1)[-1].rsplit("/", 1)[-1]
+
+
+def folder_of(name: str) -> str:
+    """The folder part of a source file name (zip nesting included)."""
+    return name[: max(name.rfind("/"), name.rfind("!")) + 1]
+
+
+def check_image(data: bytes, full: bool = False) -> str | None:
+    """None if ``data`` is a usable image, else the reason.
+
+    ``quick`` checks the signature and that the file ends with its end marker (a truncated download does
+    not); ``full`` decodes every pixel with Pillow (a JPEG damaged in the middle has an intact end marker).
+    """
+    if not data:
+        return "empty file"
+    if not full:
+        if data.startswith(JPEG_START):
+            if data.endswith(JPEG_END) or data.rstrip(b"\x00\r\n ").endswith(JPEG_END):
+                return None
+            return "truncated JPEG (no end-of-image marker)"
+        if data.startswith(PNG_START):
+            return None if b"IEND" in data[-16:] else "truncated PNG (no IEND chunk)"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in FORMATS:
+                return f"unsupported image format {image.format}"
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"corrupt image ({err})"
+    return None
