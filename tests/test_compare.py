@@ -1,0 +1,187 @@
+"""``catdog compare``: all seven rows on generated data at 32 px, one capped epoch each.
+
+One comparison (module fixture) runs the seven runs of ``configs/compare.yaml`` plus one run that fails,
+with stand-in ImageNet weights (a randomly initialised timm state dict; a random Keras no-top base); the
+tests check it, then rerun it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catdog import CatDogError
+from catdog.cli import main as catdog
+from catdog.compare_plan import load_config
+from catdog.metrics import read_metrics, read_predictions
+from catdog.report_data import read_record
+from catdog.splits import read_file_list, split_train
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.keras,
+    pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs the keras extra"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+SEVEN = ("lightning-pretrained", "lightning-scratch", "poutyne-scratch", "keras-effnetv2b2_scratch",
+         "keras-effnetv2b2_imagenet", "keras-custom_cnn", "keras-vgg16")  # fmt: skip
+SMOKE_RECIPE = dict(image_size=32, epochs=1, batch_size=8, steps_per_epoch=1, num_workers=0, accelerator="cpu")
+
+
+def _write_config(tmp: Path, weights: dict[str, str | None], extra_runs: list[dict] | None = None) -> Path:
+    """configs/compare.yaml with the smoke recipe, the given weights and absolute trainer configs."""
+    config = yaml.safe_load((ROOT / "configs" / "compare.yaml").read_text())
+    config["recipe"].update(SMOKE_RECIPE)
+    config["weights"] = weights
+    config["configs"] = {key: str(ROOT / "configs" / name) for key, name in config["configs"].items()}
+    for run in config["runs"]:
+        if run["trainer"] == "keras":
+            run["args"] = ["--eager"]  # no graph compilation: faster for one step
+    config["runs"] += extra_runs or []
+    path = tmp / "compare.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stand_in_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """ImageNet-weights stand-ins: a timm state dict and a Keras no-top base, both randomly initialised."""
+    import timm
+    import torch
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch_file = folder / "tf_efficientnetv2_b2.pth"
+    torch.save(timm.create_model("tf_efficientnetv2_b2", pretrained=False).state_dict(), torch_file)
+    keras_file = folder / "effnetv2b2_notop.weights.h5"
+    script = (
+        "import keras; keras.utils.set_random_seed(0); "
+        "keras.applications.EfficientNetV2B2(include_top=False, weights=None, input_shape=(32, 32, 3))"
+        f".save_weights({str(keras_file)!r})"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=600)
+    return {"torch": str(torch_file), "keras": str(keras_file)}
+
+
+@pytest.fixture(scope="module")
+def comparison(
+    tmp_path_factory: pytest.TempPathFactory, fused_dataset: Path, stand_in_weights: dict[str, str]
+) -> tuple[Path, Path, str, int]:
+    """One ``catdog compare`` over the seven runs and a failing one: (config, out, stdout, exit status)."""
+    tmp = tmp_path_factory.mktemp("compare")
+    failing = {"name": "keras-broken", "trainer": "keras", "model": "custom_cnn", "args": ["--no-such-flag"]}
+    config = _write_config(tmp, stand_in_weights, [failing])
+    out = tmp / "out"
+    capture = tmp / "stdout.txt"
+    command = [sys.executable, "-m", "catdog", "compare", "-c", str(config), "--data", str(fused_dataset),
+               "--out", str(out)]  # fmt: skip
+    with capture.open("w") as handle:
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=1200).returncode
+    return config, out, capture.read_text(), status
+
+
+def test_all_seven_rows_equal_the_recomputation(comparison: tuple[Path, Path, str, int]) -> None:
+    _, out, printed, status = comparison
+    assert status == 1, printed  # the failing run makes the exit status non-zero; the others go on
+    text = (out / "results.md").read_text()
+    table = [line for line in text.split("\n\n") if line.startswith("| run")][0]
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    rows = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert set(rows) == set(SEVEN), printed
+    for name, row in rows.items():
+        metrics = read_metrics(out / name / "metrics.json")
+        scores = read_predictions(out / name / "predictions.csv").score()
+        # metrics.json is the recomputation of its predictions, and so is the report's row.
+        assert metrics.accuracy == pytest.approx(scores.accuracy, abs=1e-12)
+        assert metrics.f1 == pytest.approx(scores.f1, abs=1e-12)
+        assert metrics.confusion_matrix == scores.confusion_matrix
+        assert (metrics.auroc is None) == (scores.auroc is None)
+        if scores.auroc is not None:
+            assert metrics.auroc == pytest.approx(scores.auroc, abs=1e-12)
+            assert float(row["AUROC"]) == pytest.approx(scores.auroc, abs=5e-5)
+        assert float(row["accuracy"]) == pytest.approx(scores.accuracy, abs=5e-5)
+        assert float(row["balanced accuracy"]) == pytest.approx(scores.balanced_accuracy, abs=5e-5)
+        assert float(row["ECE"]) == pytest.approx(scores.ece, abs=5e-5)
+        assert int(row["test images"]) == scores.n == 60
+        assert row["run time"] != "—"
+        assert f"[{SEVEN.index(name) + 1}/8] {name}: done in" in printed
+    assert rows["lightning-pretrained"]["pretrained"] == "yes" and rows["keras-vgg16"]["published accuracy"] == "0.49"
+    for section in ("## Per-breed errors", "## Calibration", "## Mistakes", "## Setup", "## Caveat on pretrained rows"):
+        assert section in text
+    assert "results-reliability.png" in text and (out / "results-breeds.png").is_file()
+
+
+def test_every_trainer_used_the_same_validation_files(
+    comparison: tuple[Path, Path, str, int], fused_dataset: Path
+) -> None:
+    _, out, _, _ = comparison
+    shared = read_file_list(out / "val_files.txt", fused_dataset)
+    assert shared == sorted(split_train(fused_dataset, 0.15, 42).val_names(fused_dataset))
+    missing = [name for name in SEVEN if not (out / name / "val_files.txt").is_file()]
+    assert not missing, f"these runs do not record the validation files they used: {missing}"
+    for name in SEVEN:
+        assert sorted(read_file_list(out / name / "val_files.txt", fused_dataset)) == shared, name
+
+
+def test_failure_is_reported_with_its_log(comparison: tuple[Path, Path, str, int]) -> None:
+    _, out, printed, _ = comparison
+    entry = read_record(out / "compare.json").entry("keras-broken")
+    assert entry.status == "failed" and "exit status 2" in entry.reason and "--no-such-flag" in entry.reason
+    assert (out / entry.log).is_file() and "--no-such-flag" in (out / entry.log).read_text()
+    assert "failed: keras-broken" in printed
+    missing = (out / "results.md").read_text().split("## Runs without results", 1)[1]
+    assert "keras-broken" in missing and "keras-broken/run.log" in missing
+
+
+def test_a_rerun_skips_finished_runs(comparison: tuple[Path, Path, str, int], fused_dataset: Path) -> None:
+    config, out, _, _ = comparison
+    before = {name: (out / name / "metrics.json").stat().st_mtime_ns for name in SEVEN}
+    seconds = {e.name: e.seconds for e in read_record(out / "compare.json").runs}
+    command = [sys.executable, "-m", "catdog", "compare", "-c", str(config), "--data", str(fused_dataset),
+               "--out", str(out), "--only", *SEVEN]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in SEVEN:
+        assert f"{name}: complete, not rerun" in result.stdout
+        assert (out / name / "metrics.json").stat().st_mtime_ns == before[name]
+    record = read_record(out / "compare.json")
+    assert {e.name: e.seconds for e in record.runs if e.name in SEVEN} == {n: seconds[n] for n in SEVEN}
+    assert record.entry("keras-broken").status == "failed"  # kept from the first run: not selected now
+
+
+def test_a_run_without_weights_is_skipped_with_the_reason(
+    fused_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write_config(tmp_path, {"torch": str(tmp_path / "absent.pth"), "keras": None})
+    out = tmp_path / "out"
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))  # no cached Keras weights
+    status = catdog(["compare", "-c", str(config), "--data", str(fused_dataset), "--out", str(out),
+                     "--only", "lightning-pretrained"])  # fmt: skip
+    assert status == 0
+    entry = read_record(out / "compare.json").entry("lightning-pretrained")
+    assert entry.status == "skipped" and f"{tmp_path / 'absent.pth'} not found" in entry.reason
+    assert "weights.torch" in entry.reason
+    assert not (out / "results.md").exists()  # nothing to report yet
+
+
+def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "configs" / "compare.yaml").read_text())
+    assert [run["name"] for run in config["runs"]] == list(SEVEN)
+    config["recipe"]["epochs"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CatDogError, match=rf"{path}: recipe: epochs must be a positive integer"):
+        load_config(path)
+    config["recipe"]["epochs"] = 1
+    config["runs"][0]["overrides"] = {"epoch": 3}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CatDogError, match=r"runs\[0\].overrides: unknown setting\(s\) epoch"):
+        load_config(path)
+    assert catdog(["compare", "-c", str(ROOT / "configs" / "compare.yaml"), "--only", "nope"]) == 2
