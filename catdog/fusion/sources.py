@@ -107,7 +107,9 @@ def check_image(data: bytes, full: bool = False) -> str | None:
     """None if ``data`` is a usable image, else the reason.
 
     ``quick`` checks the signature and that the file ends with its end marker (a truncated download does
-    not); ``full`` decodes every pixel with Pillow (a JPEG damaged in the middle has an intact end marker).
+    not). ``full`` also walks a JPEG's markers (:func:`jpeg_structure_problem`) and decodes every pixel with
+    Pillow, which catches most damage in the middle of a file (the end marker is then intact). Damage that
+    still decodes (a zeroed block of compressed data, say) is invisible to any check without the original.
     """
     if not data:
         return "empty file"
@@ -118,6 +120,8 @@ def check_image(data: bytes, full: bool = False) -> str | None:
             return "truncated JPEG (no end-of-image marker)"
         if data.startswith(PNG_START):
             return None if b"IEND" in data[-16:] else "truncated PNG (no IEND chunk)"
+    elif data.startswith(JPEG_START) and (problem := jpeg_structure_problem(data)):
+        return problem
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in FORMATS:
@@ -128,3 +132,55 @@ def check_image(data: bytes, full: bool = False) -> str | None:
     except (OSError, SyntaxError, ValueError) as err:
         return f"corrupt image ({err})"
     return None
+
+
+#: Markers that may start a segment of a JPEG (frame headers, tables, scans, application data, comments).
+_SEGMENT_MARKERS = frozenset({*range(0xC0, 0xD0), *range(0xDA, 0xE0), *range(0xE0, 0xF0), 0xFE})
+
+
+def jpeg_structure_problem(data: bytes) -> str | None:
+    """None if ``data`` is a well-formed sequence of JPEG segments and scans up to its end marker, else why not.
+
+    Inside compressed scan data a 0xFF byte may only be followed by 0x00 (stuffing), by a restart marker
+    (in order, 0xD0 to 0xD7) or by the marker that ends the scan. Random damage almost always breaks this.
+    """
+    pos, size = 2, len(data)
+    while True:
+        if pos + 1 >= size or data[pos] != 0xFF:
+            return f"corrupt JPEG (no marker at byte {pos})"
+        while pos + 1 < size and data[pos + 1] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        marker = data[pos + 1] if pos + 1 < size else 0
+        if marker == 0xD9:
+            return None
+        if marker not in _SEGMENT_MARKERS:
+            return f"corrupt JPEG (unexpected marker 0x{marker:02X} at byte {pos})"
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > size:
+            return f"corrupt JPEG (segment at byte {pos} runs past the end)"
+        pos += 2 + length
+        if marker == 0xDA:
+            found = _scan_end(data, pos)
+            if isinstance(found, str):
+                return found
+            pos = found
+
+
+def _scan_end(data: bytes, pos: int) -> int | str:
+    """Where the compressed data starting at ``pos`` ends (its next marker), or what is wrong with it."""
+    restart = 0
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return "corrupt JPEG (compressed data runs to the end of the file)"
+        following = data[pos + 1]
+        if following == 0x00:
+            pos += 2
+        elif following == 0xFF:
+            pos += 1
+        elif 0xD0 <= following <= 0xD7:
+            if following != 0xD0 + restart:
+                return f"corrupt JPEG (restart marker out of order at byte {pos})"
+            restart, pos = (restart + 1) % 8, pos + 2
+        else:
+            return pos
