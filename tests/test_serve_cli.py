@@ -76,6 +76,10 @@ def test_model_specs(tmp_path: Path) -> None:
     ]
     odd = tmp_path / "epoch=1.onnx"
     odd.write_bytes(b"x")
-    assert parse_model_specs([str(odd)]) == [("epoch=1", str(odd))]
+    assert parse_model_specs([f"e1={odd}"]) == [("e1", str(odd))]
+    with pytest.raises(CatDogError, match=r"'epoch=1' is not a valid model name.*NAME=PATH"):
+        parse_model_specs([str(odd)])  # named after its file, and '=' cannot be in a URL name
+    with pytest.raises(CatDogError, match="'my model' is not a valid model name"):
+        parse_model_specs(["my model=models/a.onnx"])
     with pytest.raises(CatDogError, match="twice"):
         parse_model_specs(["a=x.onnx", "a=y.onnx"])

@@ -6,10 +6,12 @@ at ``/``). Both are called once by :func:`build_server`, in the main process, be
 process is forked.
 """
 
+import errno
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -99,6 +101,7 @@ def run(
         raise CatDogError(f"--host {host}: LitServe binds only 0.0.0.0, 127.0.0.1 or ::")
     if not 1024 <= port <= 65535:
         raise CatDogError(f"--port {port}: use a port from 1024 to 65535")
+    check_port_free(host, port)
 
     main_pid = os.getpid()
 
@@ -133,6 +136,21 @@ def run(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`CatDogError` naming the port when ``host:port`` cannot be bound (checked before anything starts)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            reason = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err.strerror})"
+            raise CatDogError(
+                f"--port {port}: port {port} on {host} {reason}; stop what listens there or choose another "
+                "port with --port (or CATDOG_PORT)"
+            ) from err
 
 
 def stop_children(grace: float = 1.0) -> None:

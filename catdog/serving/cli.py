@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from catdog import CatDogError
-from catdog.utils import is_valid_model_name
+from catdog.serving.models import check_model_name
 
 logger = logging.getLogger("catdog.serve")
 
@@ -101,11 +101,12 @@ def parse_model_specs(specs: Sequence[str]) -> list[tuple[str, str]]:
         if not spec:
             continue
         name, sep, path = spec.partition("=")
-        if not sep or Path(spec).exists() or not is_valid_model_name(name.strip()):
+        if not sep or Path(spec).exists():
             name, path = Path(spec).stem, spec
         name, path = name.strip(), path.strip()
         if not name or not path:
             raise CatDogError(f"--model {spec!r}: expected NAME=PATH, e.g. pretrained=models/pretrained.onnx")
+        check_model_name(name, spec)
         if name in {n for n, _ in pairs}:
             raise CatDogError(f"--model {spec!r}: the name {name!r} is given twice")
         pairs.append((name, path))

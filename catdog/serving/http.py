@@ -6,6 +6,7 @@ inference worker: only valid, decoded and resized images reach the batching work
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -64,6 +66,9 @@ def error_response(status: int, error: str, detail: Any, headers: dict[str, str]
 
 async def read_image(request: Request) -> np.ndarray:
     """FastAPI dependency behind ``decode_request``: the uploaded image, decoded and resized, or a 4xx error."""
+    # This runs only in the HTTP server processes, where --max-image-pixels is the one pixel limit in force:
+    # decode_image checks every upload against it, so Pillow's own fixed limit (about 89.5 M) is turned off.
+    Image.MAX_IMAGE_PIXELS = None
     limits: Limits = request.app.state.catdog
     model = limits.models[request.scope["path"]]
     data = await upload_bytes(request, limits.max_upload_bytes)
@@ -135,18 +140,42 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
 
 
 def decode_image(data: bytes, config: PreprocessConfig, max_pixels: int) -> np.ndarray:
-    """Decode and resize/crop one upload: uint8 (size, size, 3). Any decoding failure is the client's (4xx)."""
+    """Decode and resize/crop one upload: uint8 (size, size, 3). Any decoding failure is the client's (4xx).
+
+    An image of more than ``max_pixels`` pixels is refused (413) from its header, before it is decoded.
+    """
+    _check_pixels(data, max_pixels)
     try:
         image = open_image(data, max_pixels=max_pixels)
         return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
     except ImageTooLargeError as err:
-        raise client_error(413, "image_too_large", f"the image has too many pixels: {err}") from err
+        raise client_error(
+            413, "image_too_large", f"the image is larger than the limit of {max_pixels} pixels (--max-image-pixels)"
+        ) from err
     except ImageDecodeError as err:
         raise client_error(400, "invalid_image", f"the upload is not a decodable image: {err}") from err
     except Exception as err:  # malformed files make Pillow raise almost anything
         raise client_error(
             400, "invalid_image", f"the upload is not a decodable image ({type(err).__name__}: {err})"
         ) from err
+
+
+def _check_pixels(data: bytes, max_pixels: int) -> None:
+    """413 naming both sizes when the image header says more than ``max_pixels`` pixels; unreadable headers pass."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except Image.DecompressionBombError as err:  # Pillow's own limit, where it is still on (outside the server)
+        raise client_error(413, "image_too_large", f"{err} (--max-image-pixels is {max_pixels})") from err
+    except Exception:
+        return  # not an image, or a broken one: open_image says what is wrong
+    if width * height > max_pixels:
+        raise client_error(
+            413,
+            "image_too_large",
+            f"the image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} pixels "
+            "(--max-image-pixels)",
+        )
 
 
 def install_error_handlers(app: FastAPI, models: Sequence[ServedModel]) -> None:

@@ -62,7 +62,8 @@ def check_model_name(name: str, spec: str | None = None) -> None:
         shown = spec if spec is not None else f"{name}=..."
         raise CatDogError(
             f"--model {shown}: {name!r} is not a valid model name; it becomes the URL /predict/<name>, so use "
-            f"{MODEL_NAME_RULE} (e.g. --model pretrained=models/pretrained.onnx)"
+            f"{MODEL_NAME_RULE}; give one as NAME=PATH, e.g. --model pretrained=models/pretrained.onnx (a path "
+            "alone must exist and is named after its file)"
         )
 
 
