@@ -243,7 +243,7 @@ class CatDogDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=_collate,
-            drop_last=False,
+            drop_last=stage == "fit",  # a last training batch of one image breaks train-mode BatchNorm
         )
 
     def train_dataloader(self) -> DataLoader:

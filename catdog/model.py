@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from catdog import CLASSES, CatDogError
-from catdog.metrics import RunMetrics, write_metrics
+from catdog.metrics import RunMetrics, score, write_metrics
 from catdog.transforms import PreprocessConfig
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "tf_efficientnetv2_b2"
+#: Momentum of every BatchNorm layer, in torch's convention (new = (1 - m) * old + m * batch).
+DEFAULT_BN_MOMENTUM = 0.1
+#: Training batches used to re-estimate the BatchNorm statistics before a validation (0: never).
+DEFAULT_BN_RECALIBRATION_BATCHES = 32
+#: Re-estimate only while fewer optimizer steps than this have run.
+DEFAULT_BN_RECALIBRATION_STEPS = 500
 
 _HOW_TO_PROVIDE_WEIGHTS = (
     "Provide local weights with model.pretrained_file=<path to a timm state dict (.pth/.bin/.safetensors) or a "
@@ -104,6 +115,7 @@ def build_network(
     pretrained_file: str | os.PathLike[str] | None = None,
     exportable: bool = False,
     zero_init_head: bool = True,
+    bn_momentum: float | None = DEFAULT_BN_MOMENTUM,
     **kwargs: Any,
 ) -> nn.Module:
     """Create ``model_name`` with timm and a ``num_classes`` head; never downloads anything.
@@ -114,9 +126,28 @@ def build_network(
     are there, otherwise raises :class:`CatDogError` saying how to provide them. ``exportable`` sets
     timm's layer config for ONNX export. ``zero_init_head`` starts a freshly created classifier at zero
     (timm's EfficientNet init draws it from U(-0.7, 0.7), which gives first logits around +-15 and makes
-    training from scratch unstable); a head loaded from a file is left as it is. Extra ``kwargs`` go to
+    training from scratch unstable); a head loaded from a file is left as it is. ``bn_momentum`` is set on
+    every BatchNorm layer (:func:`set_bn_momentum`; ``None`` keeps timm's). Extra ``kwargs`` go to
     ``timm.create_model`` (``drop_rate``, ...).
     """
+    network = _create_network(
+        model_name, num_classes, pretrained, pretrained_file, exportable, zero_init_head, **kwargs
+    )
+    if bn_momentum is not None:
+        set_bn_momentum(network, bn_momentum)
+    return network
+
+
+def _create_network(
+    model_name: str,
+    num_classes: int,
+    pretrained: bool,
+    pretrained_file: str | os.PathLike[str] | None,
+    exportable: bool,
+    zero_init_head: bool,
+    **kwargs: Any,
+) -> nn.Module:
+    """:func:`build_network` without the BatchNorm momentum."""
     import timm
 
     if not timm.is_model(model_name.split(".")[0]):
@@ -156,6 +187,63 @@ def build_network(
             "Use weights saved from the same architecture, or set model.model_name to match the file."
         ) from err
     return _zero_head(network) if zero_init_head and file_classes != num_classes else network
+
+
+# -- BatchNorm policy -------------------------------------------------------------------------------
+
+
+def batchnorm_layers(network: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``network`` (timm's ``BatchNormAct2d`` included)."""
+    return [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def set_bn_momentum(network: nn.Module, momentum: float) -> int:
+    """Set ``momentum`` (torch convention) on every BatchNorm layer; returns how many layers were set.
+
+    timm's ``tf_`` models copy TensorFlow's 0.99 decay, i.e. 0.01 here: after a few dozen steps their
+    running statistics are still mostly the initial mean 0 / variance 1 and evaluation calls every
+    image one class. Keras' ``BatchNormalization(momentum=...)`` is ``1 - momentum`` in this convention.
+    """
+    if not 0.0 < momentum <= 1.0:
+        raise CatDogError(f"model.bn_momentum must be in (0, 1] (torch convention, e.g. 0.1), got {momentum}")
+    layers = batchnorm_layers(network)
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
+
+
+def recalibrate_batchnorm(
+    network: nn.Module,
+    batches: Iterable[Any],
+    max_batches: int | None = None,
+    device: torch.device | str | None = None,
+) -> int:
+    """Re-estimate every BatchNorm layer's running statistics from ``batches``; returns the batches used.
+
+    ``batches`` yields image tensors or ``(images, ...)`` tuples (a training loader); at most
+    ``max_batches`` are read. The statistics are reset and replaced by the exact average over those
+    batches for the current weights (:func:`torch.optim.swa_utils.update_bn`), so they match the weights
+    however few steps have run; layer momenta and the train/eval mode are restored. Nothing changes when
+    ``batches`` holds no batch of two images or more. Runs with gradients off, also inside Lightning's inference mode.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    # train-mode BatchNorm cannot normalise a single image: such batches are skipped
+    usable = (b for b in itertools.islice(batches, max_batches) if len(b[0] if isinstance(b, list | tuple) else b) > 1)
+    first = next(usable, None)
+    if first is None or not batchnorm_layers(network):
+        return 0
+    used = 0
+
+    def counted() -> Iterator[Any]:
+        nonlocal used
+        for batch in itertools.chain([first], usable):
+            used += 1
+            yield batch
+
+    with torch.inference_mode(False):
+        update_bn(counted(), network, device=device)
+    return used
 
 
 def _zero_head(network: nn.Module) -> nn.Module:
@@ -253,6 +341,10 @@ class CatDogClassifier(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         freeze_backbone_epochs: train only the classifier for this many epochs first.
         drop_rate: dropout before the classifier (timm ``drop_rate``).
+        bn_momentum: momentum of every BatchNorm layer, torch convention (:func:`set_bn_momentum`).
+        bn_recalibration_batches: before each validation of ``fit``, re-estimate the BatchNorm statistics on
+            up to this many training batches (:func:`recalibrate_batchnorm`); 0 never does.
+        bn_recalibration_steps: ... but only while fewer optimizer steps than this have run.
         load_weights: build with the pretrained weights; :func:`load_classifier` passes ``False`` because the
             checkpoint's state dict replaces them anyway.
     """
@@ -270,6 +362,9 @@ class CatDogClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         freeze_backbone_epochs: int = 0,
         drop_rate: float = 0.2,
+        bn_momentum: float = DEFAULT_BN_MOMENTUM,
+        bn_recalibration_batches: int = DEFAULT_BN_RECALIBRATION_BATCHES,
+        bn_recalibration_steps: int = DEFAULT_BN_RECALIBRATION_STEPS,
         exportable: bool = False,
         load_weights: bool = True,
     ) -> None:
@@ -283,6 +378,7 @@ class CatDogClassifier(pl.LightningModule):
             pretrained_file=pretrained_file if use_weights else None,
             exportable=exportable,
             drop_rate=drop_rate,
+            bn_momentum=bn_momentum,
         )
         self.preprocess_config = preprocess_config_for(self.network, image_size)
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)
@@ -295,6 +391,7 @@ class CatDogClassifier(pl.LightningModule):
         self.train_seconds = 0.0
         self._fit_started: float | None = None
         self._seconds_before_fit = 0.0
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def pretrained(self) -> bool:
@@ -344,11 +441,38 @@ class CatDogClassifier(pl.LightningModule):
         dog_prob = logits.softmax(dim=1)[:, 1]
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(dog_prob, targets)
+        if stage == "val":
+            self._val_outputs.append((dog_prob.detach().float().cpu(), targets.detach().cpu()))
         self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, batch_size=len(targets), sync_dist=True)
         self.log_dict(metrics, prog_bar=stage == "val", on_epoch=True, batch_size=len(targets))
         if stage == "test":
             self.test_confusion.update(dog_prob, targets)
         return loss
+
+    def on_validation_start(self) -> None:
+        """Re-estimate the BatchNorm statistics on training batches while few steps have run (fit only)."""
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.hparams.bn_recalibration_batches <= 0:
+            return
+        if trainer.global_step >= self.hparams.bn_recalibration_steps:
+            return
+        recalibrate_batchnorm(
+            self.network, trainer.train_dataloader, self.hparams.bn_recalibration_batches, device=self.device
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Warn when validation calls (nearly) everything one class although P(dog) ranks the images well."""
+        outputs, self._val_outputs = self._val_outputs, []
+        if not outputs or self.trainer.sanity_checking:
+            return
+        labels = torch.cat([targets for _, targets in outputs]).numpy()
+        p_dog = torch.cat([probs for probs, _ in outputs]).double().numpy()
+        warning = score(labels, p_dog).collapse_warning()
+        if warning:
+            log.warning("epoch %d validation: %s", self.current_epoch, warning)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "val")

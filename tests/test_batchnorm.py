@@ -1,0 +1,87 @@
+"""The BatchNorm policy: one momentum on every layer, statistics re-estimated from training batches."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from catdog import CatDogError
+from catdog.model import (
+    DEFAULT_BN_MOMENTUM,
+    batchnorm_layers,
+    build_network,
+    recalibrate_batchnorm,
+    set_bn_momentum,
+)
+
+MODEL = "tf_efficientnetv2_b2"
+
+
+def test_build_network_sets_the_momentum_on_every_batchnorm_layer() -> None:
+    untouched = timm.create_model(MODEL, num_classes=2)
+    count = len(batchnorm_layers(untouched))
+    assert count > 50  # timm's BatchNormAct2d layers are found too
+    for momentum in (0.3, 0.01):
+        assert {layer.momentum for layer in batchnorm_layers(build_network(MODEL, bn_momentum=momentum))} == {momentum}
+    layers = batchnorm_layers(build_network(MODEL))
+    assert len(layers) == count and {layer.momentum for layer in layers} == {DEFAULT_BN_MOMENTUM}
+    kept = batchnorm_layers(build_network(MODEL, bn_momentum=None))
+    assert [layer.momentum for layer in kept] == [layer.momentum for layer in batchnorm_layers(untouched)]
+
+
+def test_set_bn_momentum_rejects_values_outside_torch_convention() -> None:
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert set_bn_momentum(network, 0.5) == 1 and network[1].momentum == 0.5
+    with pytest.raises(CatDogError, match="bn_momentum"):
+        set_bn_momentum(network, 0.99 + 1)
+    with pytest.raises(CatDogError, match="bn_momentum"):
+        set_bn_momentum(network, 0.0)
+
+
+def _batch_statistics(conv: nn.Module, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased variance of ``conv``'s output, averaged over batches (update_bn's estimate)."""
+    with torch.no_grad():
+        outputs = [conv(batch) for batch in batches]
+    means = torch.stack([out.mean(dim=(0, 2, 3)) for out in outputs])
+    variances = torch.stack([out.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for out in outputs])
+    return means.mean(dim=0), variances.mean(dim=0)
+
+
+def test_recalibration_gives_the_average_of_the_batch_statistics() -> None:
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5, momentum=0.01), nn.ReLU())
+    batches = [torch.randn(8, 3, 12, 12) * 3 + 2 for _ in range(6)]
+    network.eval()
+    used = recalibrate_batchnorm(network, ((b, torch.zeros(8)) for b in batches), max_batches=4)
+    assert used == 4
+    mean, var = _batch_statistics(network[0], batches[:4])
+    torch.testing.assert_close(network[1].running_mean, mean)
+    torch.testing.assert_close(network[1].running_var, var)
+    assert network[1].momentum == 0.01 and not network.training  # momentum and mode restored
+
+
+def test_recalibration_on_a_timm_network_matches_its_first_layer_inputs() -> None:
+    torch.manual_seed(1)
+    network = build_network(MODEL)
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    network.train()
+    with torch.inference_mode():  # as inside Lightning's validation loop
+        used = recalibrate_batchnorm(network, batches)
+    assert used == 3 and network.training
+    mean, var = _batch_statistics(network.conv_stem, batches)
+    torch.testing.assert_close(network.bn1.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(network.bn1.running_var, var, rtol=1e-4, atol=1e-5)
+    assert {layer.momentum for layer in batchnorm_layers(network)} == {DEFAULT_BN_MOMENTUM}
+
+
+def test_recalibration_without_batches_changes_nothing_and_skips_single_images() -> None:
+    torch.manual_seed(2)
+    network = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        network[1].running_mean.fill_(5.0)
+    assert recalibrate_batchnorm(network, []) == 0
+    assert torch.equal(network[1].running_mean, torch.full((4,), 5.0))
+    assert recalibrate_batchnorm(network, [torch.randn(1, 3, 4, 4), torch.randn(3, 3, 4, 4)]) == 1
+    assert not torch.equal(network[1].running_mean, torch.full((4,), 5.0))
