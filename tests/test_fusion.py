@@ -13,7 +13,7 @@ import pytest
 
 from catdog import CatDogError
 from catdog.cli import main as catdog
-from catdog.fusion import fuse
+from catdog.fusion import Source, fuse, fusion_arguments, make_plan
 from catdog.sample_data import generate
 
 SMALL = dict(cats=30, dogs_per_breed=5, breeds=5, size=48, seed=3)
@@ -260,3 +260,29 @@ def test_not_a_zip_and_too_many_cats(sources, tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "asked for 8995 train + 3505 test" in err and "holds only 30" in err
     assert "Traceback" not in err
+
+
+def test_the_plan_places_every_file_before_anything_is_written(sources, tmp_path: Path) -> None:
+    arguments = fusion_arguments(sources.cats_source, sources.dogs_source, 20, 8, None, None, 2, "copy", "quick")
+    with Source(sources.cats_source, "cats") as cats, Source(sources.dogs_source, "dogs") as dogs:
+        plan = make_plan(cats, dogs, arguments, workers=2, progress=False)
+    assert not any(tmp_path.glob("*dataset*"))  # planning wrote nothing
+
+    placed = plan.placed
+    train_dogs = sum(1 for i in placed if i.split == "train" and i.label == "dog")
+    assert plan.counts()["train"] == {"cat": 20, "dog": train_dogs}
+    assert plan.counts()["test"]["cat"] == 8
+    assert len({i.destination for i in placed}) == len(placed)
+    for item in placed:
+        assert item.destination == f"{item.split}/{item.label}/{Path(item.file.name).name}"
+        assert item.sha256 == hashlib.sha256(item.file.read()).hexdigest()
+        if item.label == "dog":
+            assert item.split == ("train" if item.breed in plan.train_breeds else "test")
+    assert not set(plan.train_breeds) & set(plan.test_breeds)
+
+    # fuse() writes exactly the plan.
+    out = tmp_path / "dataset"
+    fuse(sources.cats_source, sources.dogs_source, out, cat_train=20, cat_test=8, seed=2, progress=False)
+    assert _files(out) == {i.destination: i.sha256 for i in placed}
+    manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert list(manifest["source"]) == [i.file.ref for i in plan.items]
