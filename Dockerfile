@@ -26,18 +26,21 @@ RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
     mkdir catdog && touch catdog/__init__.py \
     && /opt/venv/bin/pip install ".[serve]" \
     && /opt/venv/bin/pip uninstall --yes catdog && rm -rf catdog build catdog.egg-info
-# Then catdog itself, and the venv trimmed to what serving runs: no pip/setuptools, no bundled test
-# suites; and it must hold no torch.
+# Then catdog itself, and the venv trimmed to what serving runs: no pip/setuptools, no bundled test suites,
+# no onnxruntime C-API library (libonnxruntime.so is for C programs; the Python binding holds its own copy)
+# nor its transformer-optimisation scripts; and it must hold no torch and no pandas.
 COPY catdog ./catdog
 RUN --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
-    && find /opt/venv/lib/python3*/site-packages/numpy /opt/venv/lib/python3*/site-packages/pandas \
-        -depth -type d -name tests -exec rm -rf {} + \
+    && cd /opt/venv/lib/python3*/site-packages \
+    && find . -depth -type d -name tests -exec rm -rf {} + \
+    && rm -rf onnxruntime/capi/libonnxruntime.so* onnxruntime/transformers \
     && cd / && rm -r /src \
-    && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
-    && /opt/venv/bin/python -c "import catdog.serve, numpy, onnxruntime, litserve, multipart, PIL" \
+    && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'pandas')))" \
+    && /opt/venv/bin/python -c "import numpy, onnxruntime, litserve, multipart, PIL" \
+    && /opt/venv/bin/catdog serve --help >/dev/null \
     && /opt/venv/bin/catdog --version
 
 # ---- runtime: the base image + the venv, as a non-root user ----

@@ -7,9 +7,11 @@ test runs ``scripts/container-check`` end to end and is skipped, with the reason
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -142,7 +144,11 @@ def test_dockerfile_is_slim_and_non_root() -> None:
     user = instruction(final, "USER")
     assert user not in {"root", "0"}
     installs = " ".join(args for stage in stages for kw, args in stage if kw == "RUN")
-    assert '".[serve]"' in installs and "torch" not in installs.replace("find_spec('torch')", "")
+    pip_installs = re.findall(r"pip install ([^&]*)", installs)
+    assert pip_installs and pip_installs[0].strip() == '".[serve]"', pip_installs
+    assert all(spec.strip() in {'".[serve]"', "--no-deps ."} for spec in pip_installs), pip_installs
+    # The build refuses an image where torch or pandas can be found.
+    assert "find_spec(m) for m in ('torch', 'pandas')" in installs
     assert "apt-get" not in installs, "the image should need no system packages (no compilers)"
 
 
@@ -197,6 +203,7 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
         probe = [arg.replace(":8000/", f":{port}/") for arg in probe]
         assert subprocess.run(probe, env=proc_env, timeout=30).returncode == 0
     finally:
+        workers = descendants(proc.pid)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -207,7 +214,37 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
             pytest.fail(f"catdog serve ignored SIGTERM for 15 s:\n{output[-3000:]}")
     stopped_in = time.monotonic() - start
     assert proc.returncode == 0, output[-3000:]
-    assert stopped_in < 3.0, f"SIGTERM took {stopped_in:.1f} s to stop the server"
+    # README: "SIGTERM/SIGINT stop the server and its workers within about a second".
+    assert workers or not sys.platform.startswith("linux"), "catdog serve started no worker processes"
+    left = [pid for pid, cmdline in workers.items() if _cmdline(pid) == cmdline]
+    assert not left, f"worker processes {left} outlived the server"
+    assert stopped_in <= check.STOP_LIMIT_S, f"SIGTERM took {stopped_in:.2f} s to stop the server"
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> dict[int, bytes]:
+    """The processes below ``pid`` (Linux /proc), with their command lines; empty elsewhere."""
+    found: dict[int, bytes] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for child in children:
+                cmdline = _cmdline(child)
+                if cmdline is not None and child not in found:
+                    found[child] = cmdline
+                    todo.append(child)
+    return found
 
 
 def test_compose_v2_validates_the_file_and_rejects_a_broken_one(tmp_path: Path) -> None:
@@ -233,13 +270,137 @@ def test_compose_v2_validates_the_file_and_rejects_a_broken_one(tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------------------------------
+# the serve extra alone: what the image installs
+# --------------------------------------------------------------------------------------------------
+def extra_closure(extra: str | None) -> list[importlib.metadata.Distribution]:
+    """The installed distributions ``pip install 'catdog[extra]'`` needs (``None``: the base install)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, importlib.metadata.Distribution] = {}
+    done: set[tuple[str, str]] = set()
+    todo: list[tuple[str, str]] = [("catdog", extra or "")]
+    while todo:
+        name, wanted = todo.pop()
+        key = canonicalize_name(name)
+        if (key, wanted) in done:
+            continue
+        done.add((key, wanted))
+        try:
+            dist = found.get(key) or importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f"{name} (needed by catdog[{extra}]) is not installed here")
+        found[key] = dist
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": wanted}):
+                todo += [(requirement.name, "")] + [(requirement.name, e) for e in requirement.extras]
+    return list(found.values())
+
+
+def make_site(extra: str | None, site: Path) -> Path:
+    """A folder holding only the files of :func:`extra_closure` (links), plus catdog's source; returns it."""
+    site.mkdir(parents=True)
+    for dist in extra_closure(extra):
+        for top in sorted({f.parts[0] for f in dist.files or []}):
+            if top in {"..", "__pycache__"} or top.endswith(".pth") or top.startswith("__editable__"):
+                continue
+            source = Path(str(dist.locate_file(top)))
+            if top == "catdog" or not source.exists() or (site / top).exists():
+                continue
+            if source.is_dir() and not (source / "__init__.py").exists() and not top.endswith("-info"):
+                # A namespace package (``google``) is shared by several distributions: link only this one's part.
+                (site / top).mkdir()
+                for part in sorted({f.parts[1] for f in dist.files or [] if f.parts[0] == top and len(f.parts) > 1}):
+                    if part != "__pycache__":
+                        (site / top / part).symlink_to(source / part)
+            else:
+                (site / top).symlink_to(source)
+    (site / "catdog").symlink_to(ROOT / "catdog")
+    return site
+
+
+def restricted_python(site: Path, *argv: str) -> list[str]:
+    """A command running this interpreter without its site-packages, on ``site`` only."""
+    bootstrap = f"import sys; sys.path.insert(0, {str(site)!r}); sys.argv[0] = 'catdog'; "
+    return [sys.executable, "-S", "-c", bootstrap + "from catdog.cli import main; sys.exit(main())", *argv]
+
+
+@pytest.fixture(scope="module")
+def serve_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_site("serve", tmp_path_factory.mktemp("serve-only") / "site")
+
+
+def test_serve_extra_alone_serves_without_torch_or_pandas(
+    serve_site: Path, small_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """With only catdog[serve] importable, ``catdog serve`` answers right; ``fuse``/``fit`` name their extra."""
+    probe = (
+        f"import sys; sys.path.insert(0, {str(serve_site)!r}); import importlib.util as u; "
+        "print(*[u.find_spec(m) is not None for m in ('torch', 'pandas', 'tqdm', 'onnxruntime', 'litserve')])"
+    )
+    found = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert found.stdout.split() == ["False", "False", "False", "True", "True"], found.stdout + found.stderr
+
+    for command, extra in (("fuse", "data"), ("report", "data"), ("fit", "train")):
+        result = subprocess.run(
+            restricted_python(serve_site, command, "--help"), capture_output=True, text=True, cwd=tmp_path, timeout=60
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        named = re.search(r"catdog \S+: error: this command needs the package '([^']+)'", result.stderr)
+        assert named, result.stderr
+        # The package named is one the extra installs, and the message says to install that extra.
+        in_extra = {dist.metadata["Name"].lower() for dist in extra_closure(extra)}
+        assert named.group(1).lower() in in_extra, (named.group(1), extra)
+        assert f"pip install 'catdog[{extra}]'" in result.stderr, result.stderr
+
+    port = check.free_port()
+    models = [arg for name, path in small_models.items() for arg in ("--model", f"{name}={path}")]
+    cmd = restricted_python(serve_site, "serve", *models, "--host", "127.0.0.1", "--port", str(port))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        check.wait_healthy(base_url, timeout=90, alive=lambda: None if proc.poll() is None else "exited")
+        image = check.sample_images()["cat.jpg"]
+        body, headers = check.multipart("file", "cat.jpg", image, "image/jpeg")
+        for name, path in small_models.items():
+            status, payload = check.http("POST", f"{base_url}/predict/{name}", body, headers)
+            assert status == 200, payload
+            check.check_prediction(payload, name, check.expected_probabilities(path, image))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert proc.returncode == 0, output[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------
 # the real thing: build and run with podman
 # --------------------------------------------------------------------------------------------------
+def skip_is_a_failure(env: dict[str, str], euid: int, platform: str, apt_get: str | None) -> bool:
+    """Under CI on a root Linux machine with apt-get, podman installs from Debian: a skip there is a failure."""
+    return env.get("CI", "").lower() in {"true", "1"} and platform.startswith("linux") and euid == 0 and bool(apt_get)
+
+
+def test_skip_is_a_failure_only_under_ci_on_root_linux_with_apt() -> None:
+    root_linux = dict(euid=0, platform="linux", apt_get="/usr/bin/apt-get")
+    assert skip_is_a_failure({"CI": "true"}, **root_linux)
+    assert skip_is_a_failure({"CI": "1"}, **root_linux)
+    assert not skip_is_a_failure({}, **root_linux)
+    assert not skip_is_a_failure({"CI": "false"}, **root_linux)
+    assert not skip_is_a_failure({"CI": "true"}, **{**root_linux, "euid": 1000})
+    assert not skip_is_a_failure({"CI": "true"}, **{**root_linux, "platform": "darwin"})
+    assert not skip_is_a_failure({"CI": "true"}, **{**root_linux, "apt_get": None})
+
+
 @pytest.mark.container
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a cold run installs podman and builds the base image first
 def test_container_check_with_podman(small_models: dict[str, Path]) -> None:
-    """``scripts/container-check``: build, compose up, predict, bad uploads, healthcheck, non-root, down."""
+    """``scripts/container-check``: build, size, compose up, predict, bad uploads, healthcheck, non-root, down."""
     env = {**os.environ, "CATDOG_PYTHON": sys.executable}
     proc = subprocess.run(
         [str(CHECK_SCRIPT), "--models-dir", str(small_models["pretrained"].parent)],
@@ -252,6 +413,12 @@ def test_container_check_with_podman(small_models: dict[str, Path]) -> None:
     print(output)
     if proc.returncode == check.SKIP:
         reason = [line for line in output.splitlines() if "SKIPPED" in line]
-        pytest.skip(reason[-1] if reason else output[-500:])
+        reason_text = reason[-1] if reason else output[-500:]
+        if skip_is_a_failure(dict(os.environ), os.geteuid(), sys.platform, shutil.which("apt-get")):
+            pytest.fail(f"CI on a root Linux machine, where podman installs from Debian, must run this: {reason_text}")
+        pytest.skip(reason_text)
     assert proc.returncode == 0, output[-6000:]
-    assert "PASSED" in output
+    facts = json.loads(output.split("PASSED in ", 1)[1].split(": ", 1)[1].splitlines()[0])
+    # What the README and docs/container.md claim: stopped within about a second; the image adds <= 180 MB.
+    assert facts["stop_s"] <= check.STOP_LIMIT_S, facts
+    assert 0 < facts["added_mb"] <= check.ADDED_LIMIT_MB, facts
