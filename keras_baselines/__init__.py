@@ -8,7 +8,15 @@ as ``metrics.json`` through :mod:`catdog.metrics`, so the results table lists th
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "DEFAULT_BN_MOMENTUM", "DEFAULT_OUT", "MODEL_NAMES", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BN_MOMENTUM",
+    "DEFAULT_BN_RECALIBRATION_BATCHES",
+    "DEFAULT_BN_RECALIBRATION_STEPS",
+    "DEFAULT_OUT",
+    "MODEL_NAMES",
+    "use_backend",
+]
 
 import os
 import sys
@@ -24,6 +32,11 @@ DEFAULT_OUT = os.path.join("runs", "keras")
 #: BatchNorm momentum in torch convention (the weight of the new batch), set on every BatchNormalization
 #: layer; Keras' own ``momentum`` is ``1 - this`` (its default 0.99 is torch's 0.01).
 DEFAULT_BN_MOMENTUM = 0.1
+#: Before each validation of ``fit``, BatchNorm statistics are re-estimated on this many training batches
+#: (0: never) ...
+DEFAULT_BN_RECALIBRATION_BATCHES = 32
+#: ... while fewer optimizer steps than this have run (the torch trainers' defaults).
+DEFAULT_BN_RECALIBRATION_STEPS = 500
 
 
 def use_backend(name: str) -> None:

@@ -6,11 +6,13 @@ with the lowest ``val_loss``, ``checkpoints/last.keras`` the final completed epo
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import keras
 
-from keras_baselines.models import ModelSpec
+from keras_baselines.models import ModelSpec, batch_norm_layers
 
 EPOCHS_DIRNAME = "epochs"
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -37,11 +39,73 @@ class SaveModel(keras.callbacks.Callback):
         self.saved.append(path)
 
 
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Before each validation of ``fit``, re-estimate the BatchNorm running statistics on training batches.
+
+    The Keras form of the torch trainers' policy (``catdog.model.recalibrate_batchnorm``, i.e.
+    ``torch.optim.swa_utils.update_bn``): on up to ``max_batches`` batches of ``train`` the statistics
+    become the exact average of the batch statistics for the current weights (momentum ``1 - 1/k`` on
+    batch ``k``), then the layers' momenta are restored. Only while fewer than ``max_steps`` optimizer
+    steps have run: after a short run the moving averages still hold mostly their initial values, and a
+    model evaluated with them calls (almost) every image one class. Batches of one image are skipped.
+    """
+
+    def __init__(self, train: Any, max_batches: int = 32, max_steps: int = 500) -> None:
+        super().__init__()
+        self.train = train
+        self.max_batches = max_batches
+        self.max_steps = max_steps
+        self.recalibrations = 0  # how many validations were preceded by a re-estimation
+        self._fitting = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._fitting = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._fitting = False
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if not self._fitting or self.max_batches <= 0 or steps >= self.max_steps:
+            return
+        if recalibrate_batchnorm(self.model, self.train, self.max_batches):
+            self.recalibrations += 1
+
+
+def recalibrate_batchnorm(model: keras.Model, batches: Any, max_batches: int | None = None) -> int:
+    """Replace every BatchNormalization layer's moving statistics by their average over ``batches``
+    (``(images, labels)`` pairs; at most ``max_batches``) in training mode; returns the batches used."""
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for images, _ in itertools.islice(iter(batches), max_batches):
+            if len(images) < 2:
+                continue
+            used += 1
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / used  # running average: the k-th batch weighs 1/k
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
 def make_callbacks(
-    spec: ModelSpec, run_dir: str | Path, patience: int = 3, min_delta: float = 0.0
+    spec: ModelSpec,
+    run_dir: str | Path,
+    patience: int = 3,
+    min_delta: float = 0.0,
+    train: Any = None,
+    bn_recalibration_batches: int = 32,
+    bn_recalibration_steps: int = 500,
 ) -> list[keras.callbacks.Callback]:
-    """CSV history, best (lowest ``val_loss``) and last checkpoints for every model; SaveModel and early
-    stopping (also on ``val_loss``) for the models of the original work that had them.
+    """The callbacks of one run, in order: BatchNorm re-estimation on ``train`` (when given), CSV history,
+    best (lowest ``val_loss``) and last checkpoints for every model; SaveModel and early stopping (also on
+    ``val_loss``) for the models of the original work that had them.
 
     Early stopping does not restore weights: the best epoch is ``best.keras``, and ``last.keras`` stays
     the final epoch.
@@ -49,7 +113,10 @@ def make_callbacks(
     run_dir = Path(run_dir)
     checkpoints = run_dir / CHECKPOINTS_DIRNAME
     checkpoints.mkdir(parents=True, exist_ok=True)
-    callbacks: list[keras.callbacks.Callback] = [
+    callbacks: list[keras.callbacks.Callback] = []
+    if train is not None:
+        callbacks.append(BatchNormRecalibration(train, bn_recalibration_batches, bn_recalibration_steps))
+    callbacks += [
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILENAME)),
         keras.callbacks.ModelCheckpoint(
             str(checkpoints / BEST_CHECKPOINT), monitor=MONITOR, mode=MODE, save_best_only=True

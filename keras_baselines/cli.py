@@ -14,7 +14,15 @@ import traceback
 from pathlib import Path
 
 from catdog import CatDogError
-from keras_baselines import BACKENDS, DEFAULT_BN_MOMENTUM, DEFAULT_OUT, MODEL_NAMES, use_backend
+from keras_baselines import (
+    BACKENDS,
+    DEFAULT_BN_MOMENTUM,
+    DEFAULT_BN_RECALIBRATION_BATCHES,
+    DEFAULT_BN_RECALIBRATION_STEPS,
+    DEFAULT_OUT,
+    MODEL_NAMES,
+    use_backend,
+)
 
 
 def _default_backend() -> str:
@@ -66,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BN_MOMENTUM,
         help="BatchNorm momentum in torch convention, set on every BatchNormalization layer (Keras momentum "
         f"1 - this; default {DEFAULT_BN_MOMENTUM})",
+    )
+    train.add_argument(
+        "--bn-recalibration-batches",
+        type=int,
+        default=DEFAULT_BN_RECALIBRATION_BATCHES,
+        help="before each validation, re-estimate the BatchNorm statistics on this many training batches (0: never)",
+    )
+    train.add_argument(
+        "--bn-recalibration-steps",
+        type=int,
+        default=DEFAULT_BN_RECALIBRATION_STEPS,
+        help="... only while fewer optimizer steps than this have run",
     )
     train.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
     train.add_argument("--min-delta", type=float, default=0.0, help="early stopping minimum improvement")
@@ -174,6 +194,8 @@ def train_models(args: argparse.Namespace, train_lib) -> int:
             val_files=args.val_files,
             learning_rate=args.learning_rate,
             bn_momentum=args.bn_momentum,
+            bn_recalibration_batches=args.bn_recalibration_batches,
+            bn_recalibration_steps=args.bn_recalibration_steps,
             patience=args.patience,
             min_delta=args.min_delta,
             steps_per_epoch=args.steps_per_epoch,

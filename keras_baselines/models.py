@@ -141,12 +141,15 @@ def effnetv2b2_scratch(image_size: int, weights: str | None = None) -> keras.Mod
 
 @register_model("categorical", 1e-4, pretrained=True, save_every_epoch=True, early_stopping=True)
 def effnetv2b2_imagenet(image_size: int, weights: str | None = None) -> keras.Model:
-    """EfficientNetV2B2 with ImageNet weights, fine-tuned with its BatchNorm layers in inference mode."""
+    """EfficientNetV2B2 with ImageNet weights, every layer fine-tuned.
+
+    The original called the base with ``training=False`` to keep the ImageNet BatchNorm statistics, but
+    Keras 3 passes the outer call's ``training`` flag down to nested models, so during ``fit`` those layers
+    trained anyway (with Keras' slow 0.99 momentum). They now follow the project's one BatchNorm policy,
+    like the torch pretrained model: ``--bn-momentum`` and re-estimation before early validations.
+    """
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    base = _efficientnet(image_size, weights)
-    base.trainable = True
-    # Fine-tuning: batch-norm layers keep their ImageNet statistics (inference mode).
-    return _effnet_head(inputs, base(inputs, training=False), "effnetv2b2_imagenet")
+    return _effnet_head(inputs, _efficientnet(image_size, weights)(inputs), "effnetv2b2_imagenet")
 
 
 @register_model("binary", 1e-3, save_every_epoch=True)

@@ -25,7 +25,7 @@ import keras
 from catdog import CLASSES, CatDogError
 from catdog.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
 from catdog.splits import write_file_list
-from keras_baselines import DEFAULT_BN_MOMENTUM
+from keras_baselines import DEFAULT_BN_MOMENTUM, DEFAULT_BN_RECALIBRATION_BATCHES, DEFAULT_BN_RECALIBRATION_STEPS
 from keras_baselines import data as data_lib
 from keras_baselines.callbacks import BEST_CHECKPOINT, CHECKPOINTS_DIRNAME, make_callbacks
 from keras_baselines.models import build_model, dog_probability, get_spec
@@ -51,6 +51,8 @@ class TrainConfig:
     val_files: str | Path | None = None
     learning_rate: float | None = None
     bn_momentum: float = DEFAULT_BN_MOMENTUM
+    bn_recalibration_batches: int = DEFAULT_BN_RECALIBRATION_BATCHES
+    bn_recalibration_steps: int = DEFAULT_BN_RECALIBRATION_STEPS
     patience: int = 3
     min_delta: float = 0.0
     steps_per_epoch: int | None = None
@@ -62,6 +64,10 @@ class TrainConfig:
 
 
 def _check_config(config: TrainConfig) -> None:
+    for name in ("bn_recalibration_batches", "bn_recalibration_steps"):
+        if getattr(config, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise CatDogError(f"{flag} must be 0 or more, got {getattr(config, name)}")
     for name in ("image_size", "epochs", "batch_size"):
         if getattr(config, name) < 1:
             flag = "--" + name.replace("_", "-")
@@ -110,7 +116,15 @@ def train(config: TrainConfig) -> RunMetrics:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SKIPPED).unlink(missing_ok=True)
     write_file_list(splits.val_files, run_dir / VAL_FILES)
-    callbacks = make_callbacks(spec, run_dir, patience=config.patience, min_delta=config.min_delta)
+    callbacks = make_callbacks(
+        spec,
+        run_dir,
+        patience=config.patience,
+        min_delta=config.min_delta,
+        train=splits.train,
+        bn_recalibration_batches=config.bn_recalibration_batches,
+        bn_recalibration_steps=config.bn_recalibration_steps,
+    )
     start = time.perf_counter()
     history = model.fit(
         splits.train,
