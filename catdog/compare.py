@@ -1,6 +1,7 @@
 """``catdog compare``: every model of the comparison on one dataset, one recipe, one split, then one report.
 
     catdog compare -c configs/compare.yaml [--data dataset] [--out runs/compare] [--only NAME ...] [--force]
+                   [--recipe image_size=64 --recipe epochs=3 ...]
 
 Plan: read the config (:mod:`catdog.compare_plan`), choose the validation files once
 (:func:`catdog.splits.split_train`, stratified and seeded) and write them as ``<out>/val_files.txt``.
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from catdog import CatDogError
-from catdog.compare_plan import PlannedRun, load_config, plan_runs, recipe_dict
+from catdog.compare_plan import PlannedRun, load_config, override_recipe, plan_runs, recipe_dict
 from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
 from catdog.report import collect, format_duration
 from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
@@ -46,17 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the config's out)")
     parser.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these runs")
     parser.add_argument("--force", action="store_true", help="rerun runs whose outputs are complete")
+    parser.add_argument(
+        "--recipe", action="append", default=[], metavar="KEY=VALUE",
+        help="change a setting of the shared recipe, e.g. --recipe image_size=64 --recipe epochs=3",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    return compare(args.config, data=args.data, out=args.out, only=args.only, force=args.force)
+    return compare(args.config, data=args.data, out=args.out, only=args.only, force=args.force, recipe=args.recipe)
 
 
 def compare(
     config_path: Path, data: Path | None = None, out: Path | None = None, only: list[str] | None = None,
-    force: bool = False,
+    force: bool = False, recipe: list[str] | None = None,
 ) -> int:  # fmt: skip
     """Run the comparison; returns the exit status (1 when a run failed)."""
     start = time.perf_counter()
-    config = load_config(config_path)
+    config = override_recipe(load_config(config_path), recipe or [])
     data = (data or config.data).resolve()
     out = (out or config.out).resolve()
     names = [spec.name for spec in config.runs]

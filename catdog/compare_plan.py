@@ -104,6 +104,17 @@ def load_config(path: str | os.PathLike[str]) -> CompareConfig:
                          configs, runs)  # fmt: skip
 
 
+def override_recipe(config: CompareConfig, settings: list[str]) -> CompareConfig:
+    """``config`` with ``KEY=VALUE`` settings (``--recipe image_size=64``) applied to its shared recipe."""
+    values = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise CatDogError(f"--recipe {setting}: expected KEY=VALUE, e.g. --recipe image_size=64")
+        values[key.strip()] = yaml.safe_load(value)
+    return replace(config, recipe=_recipe(values, "--recipe", config.recipe))
+
+
 def _recipe(values: dict[str, Any], where: str, base: Recipe | None = None) -> Recipe:
     known = {f.name for f in fields(Recipe)}
     unknown = set(values) - known

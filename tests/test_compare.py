@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -51,6 +53,24 @@ def _write_config(tmp: Path, weights: dict[str, str | None], extra_runs: list[di
 
 
 @pytest.fixture(scope="module")
+def small_dataset(fused_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of the fused dataset with its manifest rows: 16 train images per class, 6 test cats and
+    3 test dogs of each test breed."""
+    manifest = pd.read_csv(fused_dataset / "manifest.csv", dtype=str, keep_default_na=False)
+    placed = manifest[manifest["status"] == "ok"].sort_values("destination")
+    train = placed[placed["split"] == "train"].groupby("label").head(16)
+    test_cats = placed[(placed["split"] == "test") & (placed["label"] == "cat")].head(6)
+    test_dogs = placed[(placed["split"] == "test") & (placed["label"] == "dog")].groupby("breed").head(3)
+    kept = pd.concat([train, test_cats, test_dogs])
+    out = tmp_path_factory.mktemp("compare_data") / "dataset"
+    for destination in kept["destination"]:
+        (out / destination).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(fused_dataset / destination, out / destination)
+    kept.to_csv(out / "manifest.csv", index=False)
+    return out
+
+
+@pytest.fixture(scope="module")
 def stand_in_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """ImageNet-weights stand-ins: a timm state dict and a Keras no-top base, both randomly initialised."""
     import timm
@@ -72,7 +92,7 @@ def stand_in_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
 
 @pytest.fixture(scope="module")
 def comparison(
-    tmp_path_factory: pytest.TempPathFactory, fused_dataset: Path, stand_in_weights: dict[str, str]
+    tmp_path_factory: pytest.TempPathFactory, small_dataset: Path, stand_in_weights: dict[str, str]
 ) -> tuple[Path, Path, str, int]:
     """One ``catdog compare`` over the seven runs and a failing one: (config, out, stdout, exit status)."""
     tmp = tmp_path_factory.mktemp("compare")
@@ -80,7 +100,7 @@ def comparison(
     config = _write_config(tmp, stand_in_weights, [failing])
     out = tmp / "out"
     capture = tmp / "stdout.txt"
-    command = [sys.executable, "-m", "catdog", "compare", "-c", str(config), "--data", str(fused_dataset),
+    command = [sys.executable, "-m", "catdog", "compare", "-c", str(config), "--data", str(small_dataset),
                "--out", str(out)]  # fmt: skip
     with capture.open("w") as handle:
         status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=1200).returncode
@@ -109,7 +129,7 @@ def test_all_seven_rows_equal_the_recomputation(comparison: tuple[Path, Path, st
         assert float(row["accuracy"]) == pytest.approx(scores.accuracy, abs=5e-5)
         assert float(row["balanced accuracy"]) == pytest.approx(scores.balanced_accuracy, abs=5e-5)
         assert float(row["ECE"]) == pytest.approx(scores.ece, abs=5e-5)
-        assert int(row["test images"]) == scores.n == 60
+        assert int(row["test images"]) == scores.n == 12
         assert row["run time"] != "—"
         assert f"[{SEVEN.index(name) + 1}/8] {name}: done in" in printed
     assert rows["lightning-pretrained"]["pretrained"] == "yes" and rows["keras-vgg16"]["published accuracy"] == "0.49"
@@ -119,15 +139,15 @@ def test_all_seven_rows_equal_the_recomputation(comparison: tuple[Path, Path, st
 
 
 def test_every_trainer_used_the_same_validation_files(
-    comparison: tuple[Path, Path, str, int], fused_dataset: Path
+    comparison: tuple[Path, Path, str, int], small_dataset: Path
 ) -> None:
     _, out, _, _ = comparison
-    shared = read_file_list(out / "val_files.txt", fused_dataset)
-    assert shared == sorted(split_train(fused_dataset, 0.15, 42).val_names(fused_dataset))
+    shared = read_file_list(out / "val_files.txt", small_dataset)
+    assert shared == sorted(split_train(small_dataset, 0.15, 42).val_names(small_dataset))
     missing = [name for name in SEVEN if not (out / name / "val_files.txt").is_file()]
     assert not missing, f"these runs do not record the validation files they used: {missing}"
     for name in SEVEN:
-        assert sorted(read_file_list(out / name / "val_files.txt", fused_dataset)) == shared, name
+        assert sorted(read_file_list(out / name / "val_files.txt", small_dataset)) == shared, name
 
 
 def test_failure_is_reported_with_its_log(comparison: tuple[Path, Path, str, int]) -> None:
@@ -140,11 +160,11 @@ def test_failure_is_reported_with_its_log(comparison: tuple[Path, Path, str, int
     assert "keras-broken" in missing and "keras-broken/run.log" in missing
 
 
-def test_a_rerun_skips_finished_runs(comparison: tuple[Path, Path, str, int], fused_dataset: Path) -> None:
+def test_a_rerun_skips_finished_runs(comparison: tuple[Path, Path, str, int], small_dataset: Path) -> None:
     config, out, _, _ = comparison
     before = {name: (out / name / "metrics.json").stat().st_mtime_ns for name in SEVEN}
     seconds = {e.name: e.seconds for e in read_record(out / "compare.json").runs}
-    command = [sys.executable, "-m", "catdog", "compare", "-c", str(config), "--data", str(fused_dataset),
+    command = [sys.executable, "-m", "catdog", "compare", "-c", str(config), "--data", str(small_dataset),
                "--out", str(out), "--only", *SEVEN]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -157,12 +177,12 @@ def test_a_rerun_skips_finished_runs(comparison: tuple[Path, Path, str, int], fu
 
 
 def test_a_run_without_weights_is_skipped_with_the_reason(
-    fused_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _write_config(tmp_path, {"torch": str(tmp_path / "absent.pth"), "keras": None})
     out = tmp_path / "out"
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))  # no cached Keras weights
-    status = catdog(["compare", "-c", str(config), "--data", str(fused_dataset), "--out", str(out),
+    status = catdog(["compare", "-c", str(config), "--data", str(small_dataset), "--out", str(out),
                      "--only", "lightning-pretrained"])  # fmt: skip
     assert status == 0
     entry = read_record(out / "compare.json").entry("lightning-pretrained")
