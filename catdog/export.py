@@ -5,6 +5,8 @@ Usage::
     catdog export --ckpt runs/pretrained/checkpoints/best.ckpt --out models/pretrained.onnx
     catdog export --ckpt pretrained=runs/pretrained/checkpoints/best.ckpt \\
                   --ckpt scratch=runs/scratch/checkpoints/best.ckpt --out-dir models/
+    catdog export --ckpt runs/pretrained/checkpoints/best.ckpt --out models/pretrained.onnx \\
+                  --quantize int8 --data-dir dataset
 
 The core is :func:`export_onnx`, which works on any ``nn.Module``: ``torch.onnx.export`` (the
 ``torch.export``-based exporter) of the network in eval mode, rebuilt with timm's ``exportable=True``
@@ -14,15 +16,14 @@ size is the one in the metadata). The file is one self-contained ``.onnx`` (weig
 (:meth:`catdog.transforms.PreprocessConfig.to_metadata`), the model name and the checkpoint's sha256.
 Every export is verified before it replaces the output file: ``onnx.checker`` and onnxruntime against
 torch on a random batch (max abs difference ``<= atol``, 1e-4 by default); otherwise :class:`ExportError`.
+``--quantize int8`` also writes ``NAME.int8.onnx`` beside each file (:mod:`catdog.quantize`).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import numpy as np
 
 from catdog import DISPLAY_NAMES, CatDogError, __version__
 from catdog.transforms import PreprocessConfig
+from catdog.utils import MODEL_NAME_RULE, file_sha256, is_valid_model_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 #: Names of the graph's input and output.
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ExportError(CatDogError):
@@ -54,15 +55,6 @@ class ExportResult:
     path: Path
     max_abs_diff: float
     size_bytes: int
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def onnx_metadata(
@@ -226,7 +218,7 @@ def _default_name(ckpt: Path) -> str:
 def parse_ckpt_spec(spec: str) -> tuple[str | None, Path]:
     """``NAME=PATH`` or ``PATH`` (Lightning file names contain '=', so an existing file wins)."""
     name, sep, rest = spec.partition("=")
-    if sep and not Path(spec).exists() and _NAME_RE.match(name) and rest:
+    if sep and not Path(spec).exists() and is_valid_model_name(name) and rest:
         return name, Path(rest)
     return None, Path(spec)
 
@@ -244,7 +236,12 @@ def plan_exports(ckpts: Sequence[str], out: str | None, out_dir: str | None) -> 
         return [(specs[0][1], Path(out))]
     plan: list[tuple[Path, Path]] = []
     for name, ckpt in specs:
-        target = Path(out_dir) / f"{name or _default_name(ckpt)}.onnx"  # type: ignore[arg-type]
+        name = name or _default_name(ckpt)
+        if not is_valid_model_name(name):
+            raise CatDogError(
+                f"--ckpt {ckpt}: {name!r} is not a valid model name ({MODEL_NAME_RULE}); give one with --ckpt NAME=PATH"
+            )
+        target = Path(out_dir) / f"{name}.onnx"  # type: ignore[arg-type]
         if target in {t for _, t in plan}:
             raise CatDogError(f"two checkpoints would both be written to {target}; name them with --ckpt NAME=PATH")
         plan.append((ckpt, target))
@@ -270,16 +267,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| allowed (1e-4)")
+    quant = parser.add_argument_group("int8 models (onnxruntime static quantization)")
+    quant.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="also write NAME.int8.onnx beside each file, calibrated on --data-dir's train split and evaluated "
+        "against the fp32 file on its test split (needs --data-dir)",
+    )
+    quant.add_argument("--data-dir", default=None, help="the dataset of `catdog fuse` (train/ and test/ folders)")
+    quant.add_argument(
+        "--calibration-images", type=int, default=128, help="training images used to calibrate (default 128)"
+    )
+    quant.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per tensor instead of per output channel (per channel is the default)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``catdog export``: export each checkpoint, print where it went and how close it is to torch."""
+    """``catdog export``: export each checkpoint (and its int8 model), print where it went and how it compares."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     plan = plan_exports(args.ckpt, args.out, args.out_dir)
     for ckpt, _ in plan:
         if not ckpt.is_file():
             raise CatDogError(f"--ckpt {ckpt}: file not found (train one with `catdog fit -c configs/scratch.yaml`)")
+    settings = _quantize_settings(args)
     for ckpt, target in plan:
         result = export_checkpoint(ckpt, target, opset=args.opset, atol=args.atol)
         meta: dict[str, Any] = read_onnx_metadata(result.path)
@@ -287,4 +302,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{ckpt} -> {result.path} ({result.size_bytes / 1e6:.1f} MB, {meta['model_name']}, "
             f"{meta['image_size']} px, max |onnxruntime - torch| = {result.max_abs_diff:.2e})"
         )
+        if settings is not None:
+            from catdog.quantize import quantize_onnx
+
+            quantized = quantize_onnx(result.path, args.data_dir, settings=settings)
+            print(
+                f"{result.path} -> {quantized.path} ({quantized.size_bytes / 1e6:.1f} MB, int8): test accuracy "
+                f"fp32 {quantized.fp32_accuracy:.4f}, int8 {quantized.int8_accuracy:.4f} "
+                f"({quantized.accuracy_change_points:+.2f} points), agreement {quantized.agreement:.4f} "
+                f"on {quantized.n_test} images; predictions in {quantized.predictions_dir}"
+            )
     return 0
+
+
+def _quantize_settings(args: argparse.Namespace) -> Any:
+    """The quantization settings of ``--quantize int8``, or None; checks ``--data-dir`` before any export."""
+    if args.quantize is None:
+        return None
+    if args.data_dir is None:
+        raise CatDogError(
+            "--quantize int8 needs --data-dir DIR (the fused dataset: train/ calibrates, test/ evaluates)"
+        )
+    for split in ("train", "test"):
+        if not (Path(args.data_dir) / split).is_dir():
+            raise CatDogError(
+                f"--data-dir {args.data_dir}: no {split}/ folder; give the folder written by `catdog fuse`"
+            )
+    from catdog.quantize import QuantizeSettings
+
+    return QuantizeSettings(calibration_images=args.calibration_images, per_channel=not args.per_tensor)

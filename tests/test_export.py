@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from catdog import CatDogError, cli
 from catdog.transforms import PreprocessConfig
@@ -127,25 +130,101 @@ def test_export_several_checkpoints_in_one_call(checkpoints: dict[str, Path], tm
         assert meta["checkpoint_sha256"] == _sha256(ckpt)
 
 
-def test_default_architecture_exports_with_dynamic_batch(tmp_path: Path) -> None:
-    """tf_efficientnetv2_b2, the project's model, through :func:`export_onnx` on a bare network."""
+def test_default_architecture_at_224_px_matches_the_training_network(tmp_path: Path) -> None:
+    """tf_efficientnetv2_b2 at its real size: the exported file against the training (not exportable) layers."""
     from catdog.export import export_onnx, read_onnx_metadata
     from catdog.model import build_network, preprocess_config_for
 
     torch.manual_seed(0)
-    network = build_network("tf_efficientnetv2_b2", exportable=True).eval()
-    _as_if_trained(network)
-    config = preprocess_config_for(network, 32)
-    result = export_onnx(network, config, tmp_path / "b2.onnx", "tf_efficientnetv2_b2", checkpoint_sha256=None)
+    training = build_network("tf_efficientnetv2_b2").eval()  # dynamic 'SAME' padding, as trained
+    _as_if_trained(training)
+    exportable = build_network("tf_efficientnetv2_b2", exportable=True).eval()
+    exportable.load_state_dict(training.state_dict())
+    config = preprocess_config_for(exportable, 224)
+    result = export_onnx(exportable, config, tmp_path / "b2.onnx", "tf_efficientnetv2_b2", checkpoint_sha256=None)
     assert result.max_abs_diff <= 1e-4
     assert read_onnx_metadata(result.path)["model_name"] == "tf_efficientnetv2_b2"
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    images = np.random.default_rng(1).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    images = np.random.default_rng(1).standard_normal((2, 3, 224, 224), dtype=np.float32)
     (logits,) = session.run(None, {"image": images})
     with torch.inference_mode():
-        expected = network(torch.from_numpy(images)).numpy()
+        expected = training(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
-    assert np.abs(expected).max() > 1e-3
+    margins = expected[:, 1] - expected[:, 0]
+    assert np.abs(expected).max() > 1e-2 and abs(margins[0] - margins[1]) > 1e-3  # non-zero, image-dependent
+
+
+def _odd_images(folder: Path) -> list[Path]:
+    """JPEGs of odd sizes: portrait, landscape, smaller than the crop, one pixel high."""
+    rng = np.random.default_rng(7)
+    paths = []
+    for width, height in [(61, 97), (97, 61), (23, 17), (200, 1), (40, 40)]:
+        path = folder / f"odd_{width}x{height}.jpg"
+        gradient = np.linspace(0, 255, width * height * 3).reshape(height, width, 3)
+        noise = rng.integers(0, 60, (height, width, 3))
+        Image.fromarray(np.clip(gradient + noise, 0, 255).astype(np.uint8)).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def test_a_client_using_timm_gets_the_server_probabilities(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """timm's create_transform from the metadata alone, through onnxruntime: the same P(dog) as the server's path."""
+    from timm.data import create_transform
+
+    from catdog.serving.models import load_model_info, softmax
+    from catdog.transforms import preprocess
+
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export", "--ckpt", str(checkpoints["pretrained"]), "--out", str(out)]) == 0
+    served = load_model_info("model", out)  # what `catdog serve` reads
+    meta = served.metadata
+    assert (meta["crop_mode"], int(meta["scale_size"])) == ("center", int(IMAGE_SIZE / float(meta["crop_pct"])))
+    transform = create_transform(
+        input_size=json.loads(meta["input_size"]),
+        interpolation=meta["interpolation"],
+        mean=tuple(json.loads(meta["mean"])),
+        std=tuple(json.loads(meta["std"])),
+        crop_pct=float(meta["crop_pct"]),
+        crop_mode=meta["crop_mode"],
+        is_training=False,
+    )
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    paths = _odd_images(tmp_path)
+    client = np.stack([transform(Image.open(path).convert("RGB")).numpy() for path in paths])
+    server = np.stack([preprocess(path.read_bytes(), served.config) for path in paths])
+    assert np.abs(client - server).max() <= 1e-6
+    (logits_client,) = session.run(None, {served.input_name: client})
+    (logits_server,) = session.run(None, {served.input_name: server})
+    np.testing.assert_array_equal(logits_client, logits_server)
+    np.testing.assert_array_equal(softmax(logits_client), softmax(logits_server))
+    assert np.ptp(logits_server[:, 1] - logits_server[:, 0]) > 1e-3  # the images get different answers
+
+
+def _doc_snippet() -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "preprocessing.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1, "docs/preprocessing.md should hold one python block: the client snippet"
+    return blocks[0]
+
+
+def test_the_documented_client_snippet_reproduces_the_server(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from catdog.serving.models import load_model_info, softmax
+    from catdog.transforms import preprocess
+
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export", "--ckpt", str(checkpoints["scratch"]), "--out", str(out)]) == 0
+    served = load_model_info("model", out)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    snippet = _doc_snippet()
+    assert '"models/pretrained.onnx"' in snippet and '"cat.jpg"' in snippet
+    for path in _odd_images(tmp_path):
+        code = snippet.replace('"models/pretrained.onnx"', repr(str(out))).replace('"cat.jpg"', repr(str(path)))
+        namespace: dict = {}
+        exec(compile(code, "docs/preprocessing.md", "exec"), namespace)  # noqa: S102 - the project's own doc
+        server = preprocess(path.read_bytes(), served.config)[None]
+        assert np.abs(namespace["x"] - server).max() <= 1e-6, path.name
+        expected = softmax(session.run(None, {served.input_name: server})[0])[0]
+        np.testing.assert_allclose(namespace["probabilities"], expected, rtol=0, atol=1e-12)
 
 
 class _Noisy(torch.nn.Module):
@@ -191,6 +270,8 @@ def test_command_line_mistakes_are_clear_errors(
         plan_exports(["x.ckpt"], None, None)
     with pytest.raises(CatDogError, match="both be written"):
         plan_exports(["a=x.ckpt", "a=y.ckpt"], None, str(tmp_path))
+    with pytest.raises(CatDogError, match="'my model' is not a valid model name"):
+        plan_exports(["runs/my model/checkpoints/best.ckpt"], None, str(tmp_path))
     with pytest.raises(CatDogError, match=r"\.onnx"):
         from catdog.export import export_onnx
 
