@@ -291,10 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``catdog export``: export each checkpoint (and its int8 model), print where it went and how it compares."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     plan = plan_exports(args.ckpt, args.out, args.out_dir)
+    settings = _quantize_settings(args)
     for ckpt, _ in plan:
         if not ckpt.is_file():
             raise CatDogError(f"--ckpt {ckpt}: file not found (train one with `catdog fit -c configs/scratch.yaml`)")
-    settings = _quantize_settings(args)
     for ckpt, target in plan:
         result = export_checkpoint(ckpt, target, opset=args.opset, atol=args.atol)
         meta: dict[str, Any] = read_onnx_metadata(result.path)
