@@ -23,6 +23,7 @@ OTHER_VALUES = {
     "--max-upload-mb": "2.5",
     "--max-image-pixels": "120000000",
     "--timeout": "7",
+    "--max-restarts": "2",
     "--log-level": "debug",
 }
 

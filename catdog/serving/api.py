@@ -1,11 +1,13 @@
 """The LitServe API: one ONNX classifier per endpoint; its methods run in the inference worker processes."""
 
 import logging
+import os
 from typing import Annotated, Any
 
 import litserve as ls
 import numpy as np
 from fastapi import Depends
+from litserve.loops.simple_loops import BatchedLoop, SingleLoop
 
 from catdog.serving.http import read_image
 from catdog.serving.models import ServedModel, create_session, softmax
@@ -18,6 +20,41 @@ def configure_logging(level: str) -> None:
     """One log format for the main process and every worker (``level``: debug, info, warning, error)."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(level.upper())
+    logging.getLogger("litserve.loops.loops").addFilter(_no_setup_traceback)
+
+
+class ModelLoadError(Exception):
+    """A worker could not load its model; the one log line before it says why."""
+
+
+def _no_setup_traceback(record: logging.LogRecord) -> bool:
+    """Keep LitServe's "Error setting up worker" line but not the traceback of a :class:`ModelLoadError`."""
+    if record.exc_info and isinstance(record.exc_info[1], ModelLoadError):
+        record.exc_info = None
+    return True
+
+
+class _WorkerLoopMixin:
+    """A worker loop that exits with one log line, not a traceback, when the server's queues are gone."""
+
+    def __call__(self, lit_api: "OnnxClassifierAPI", *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__call__(lit_api, *args, **kwargs)  # type: ignore[misc]
+        except (EOFError, OSError) as err:  # the manager process that holds the queues has died
+            logger.warning(
+                "model %r: worker pid %d lost the request queues (%s); exiting",
+                lit_api.model.name,
+                os.getpid(),
+                type(err).__name__,
+            )
+
+
+class WorkerBatchedLoop(_WorkerLoopMixin, BatchedLoop):
+    """LitServe's batched loop, quiet when the queues are gone."""
+
+
+class WorkerSingleLoop(_WorkerLoopMixin, SingleLoop):
+    """LitServe's one-request loop, quiet when the queues are gone."""
 
 
 class OnnxClassifierAPI(ls.LitAPI):
@@ -35,6 +72,7 @@ class OnnxClassifierAPI(ls.LitAPI):
             max_batch_size=max_batch_size,
             batch_timeout=batch_timeout if max_batch_size > 1 else 0.0,
             api_path=model.api_path,
+            loop=WorkerBatchedLoop() if max_batch_size > 1 else WorkerSingleLoop(),
         )
         self.model = model
         self.threads = threads
@@ -43,11 +81,17 @@ class OnnxClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         configure_logging(self.log_level)  # a fresh (spawned) process
-        self.session = create_session(self.model.path, threads=self.threads)
+        try:
+            self.session = create_session(self.model.path, threads=self.threads)
+        except Exception as err:  # onnxruntime raises its own types
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            logger.error("model %r: the worker cannot load %s (%s)", self.model.name, self.model.path, reason)
+            raise ModelLoadError(self.model.path) from None
         logger.info(
-            "model %r loaded from %s (%d px, batches up to %d)",
+            "model %r loaded from %s by worker pid %d (%d px, batches up to %d)",
             self.model.name,
             self.model.path,
+            os.getpid(),
             self.model.config.image_size,
             self.max_batch_size,
         )

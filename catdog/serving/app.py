@@ -6,25 +6,78 @@ at ``/``). Both are called once by :func:`build_server`, in the main process, be
 process is forked.
 """
 
+import copy
 import errno
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import litserve as ls
+import uvicorn
 from fastapi.responses import JSONResponse
+from litserve.server import _Server as LitServeUvicorn
 
 from catdog import CatDogError
 from catdog.serving.api import OnnxClassifierAPI
-from catdog.serving.http import Limits, error_response, install_error_handlers
+from catdog.serving.http import Deadline, Limits, error_response, install_error_handlers
 from catdog.serving.models import ServedModel
+from catdog.serving.supervise import RestartCounter, Supervisor
 
 logger = logging.getLogger("catdog.serve")
+
+
+class CatDogServer(ls.LitServer):
+    """A LitServer whose processes are watched by :class:`Supervisor` instead of LitServe's own monitor."""
+
+    supervisor: Supervisor
+
+    def _start_worker_monitoring(self, manager: Any, uvicorn_workers: dict[Any, Any]) -> None:
+        self.supervisor.start(manager, uvicorn_workers)
+
+    def _start_server(
+        self,
+        port: int,
+        num_uvicorn_servers: int,
+        log_level: str,
+        sockets: list,
+        uvicorn_worker_type: str,
+        **kwargs: Any,
+    ) -> dict[int, Any]:
+        self._http_start = (port, log_level, sockets, uvicorn_worker_type, kwargs)
+        return super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
+
+    def restart_http_server(self, response_queue_id: int) -> Any:
+        """Fork a new HTTP server process for ``response_queue_id`` on the same listening socket.
+
+        The same steps as one round of LitServe's ``_start_server`` (litserve 0.2.x), for one process.
+        """
+        port, log_level, sockets, worker_type, kwargs = self._http_start
+        if worker_type != "process":
+            raise RuntimeError(f"cannot restart an HTTP server of type {worker_type!r}")
+        self.app.response_queue_id = response_queue_id
+        app = copy.copy(self.app)
+        self._prepare_app_run(app)
+        config = uvicorn.Config(
+            app=app,
+            host="0.0.0.0",
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=self.uvicorn_graceful_timeout,
+            **kwargs,
+        )
+        server = LitServeUvicorn(config=config)
+        name = f"LitServer-{response_queue_id}"
+        process = multiprocessing.get_context("fork").Process(
+            target=server.run, args=(response_queue_id, sockets), name=name
+        )
+        process.start()
+        return process
 
 
 def build_server(
@@ -37,8 +90,9 @@ def build_server(
     max_image_pixels: int = 40_000_000,
     timeout: float = 30.0,
     log_level: str = "info",
-) -> ls.LitServer:
-    """A :class:`litserve.LitServer` with one :class:`OnnxClassifierAPI` per model (not started)."""
+    max_restarts: int = 5,
+) -> CatDogServer:
+    """A :class:`CatDogServer` with one :class:`OnnxClassifierAPI` per model (not started)."""
     if not models:
         raise CatDogError("no model to serve: pass --model NAME=PATH or set CATDOG_MODELS")
     if max_batch_size < 1 or batch_timeout < 0 or workers < 1 or max_upload_mb <= 0 or max_image_pixels < 1:
@@ -46,8 +100,10 @@ def build_server(
             "--max-batch-size and --workers must be >= 1, --batch-timeout >= 0, --max-upload-mb and "
             "--max-image-pixels > 0"
         )
+    if timeout <= 0 or max_restarts < 0:
+        raise CatDogError("--timeout must be > 0 and --max-restarts >= 0")
     apis = [OnnxClassifierAPI(m, max_batch_size, batch_timeout, threads, log_level) for m in models]
-    server = ls.LitServer(
+    server = CatDogServer(
         apis,
         accelerator="cpu",
         workers_per_device=workers,
@@ -55,14 +111,18 @@ def build_server(
         healthcheck_path="/health/litserve",
         callbacks=callbacks(models),
     )
+    restarts = RestartCounter([m.name for m in models])
+    server.supervisor = Supervisor(server, restarts, max_restarts=max_restarts)
     server.app.state.catdog = Limits(
         models={m.api_path: m for m in models},
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_image_pixels=max_image_pixels,
     )
+    server.app.state.catdog_restarts = restarts  # read by /health (and by metrics)
     server.uvicorn_graceful_timeout = 1  # seconds an HTTP process gets to finish at shutdown
     install_error_handlers(server.app, models)
-    server.app.add_api_route("/health", _health_route(server, models), methods=["GET"])
+    server.app.add_middleware(Deadline, timeout=timeout, models=[m.name for m in models], restarts=restarts)
+    server.app.add_api_route("/health", _health_route(server, models, workers, restarts), methods=["GET"])
     mount_extras(server, models)
     return server
 
@@ -76,27 +136,55 @@ def mount_extras(server: ls.LitServer, models: Sequence[ServedModel]) -> None:
     """Routes, middleware or state beyond ``/predict/<name>`` and ``/health`` (none yet)."""
 
 
-def _health_route(server: ls.LitServer, models: Sequence[ServedModel]) -> Any:
-    async def health() -> JSONResponse:
-        from litserve.utils import WorkerSetupStatus
+def model_states(server: ls.LitServer, models: Sequence[ServedModel], workers: int, restarts: RestartCounter) -> dict:
+    """Each model's state: ``ready`` (every worker loaded), ``starting``, ``restarting`` or ``failed``."""
+    from litserve.utils import WorkerSetupStatus
 
-        status = getattr(server, "workers_setup_status", None)
-        states = dict(status) if status is not None else {}
-        if states and all(v == WorkerSetupStatus.READY for v in states.values()):
-            return JSONResponse({"status": "ok", "models": {m.name: m.describe() for m in models}})
-        return error_response(503, "not_ready", f"workers are starting: {states}")
+    status = getattr(server, "workers_setup_status", None)
+    states = dict(status) if status is not None else {}
+    result = {}
+    for m in models:
+        values = [states.get(f"{m.name}_{i}") for i in range(workers)]
+        if all(v == WorkerSetupStatus.READY for v in values):
+            result[m.name] = "ready"
+        elif any(v == WorkerSetupStatus.ERROR for v in values):
+            result[m.name] = "failed"
+        else:
+            result[m.name] = "restarting" if restarts.model(m.name) else "starting"
+    return result
+
+
+def _health_route(server: ls.LitServer, models: Sequence[ServedModel], workers: int, restarts: RestartCounter) -> Any:
+    async def health() -> JSONResponse:
+        try:
+            states = model_states(server, models, workers, restarts)
+        except (OSError, EOFError):  # the manager process is gone; the supervisor is stopping the server
+            return error_response(503, "not_ready", "the server is stopping: its manager process is gone")
+        info = {m.name: {**m.describe(), "status": states[m.name], "restarts": restarts.model(m.name)} for m in models}
+        if all(state == "ready" for state in states.values()):
+            return JSONResponse({"status": "ok", "models": info})
+        waiting = ", ".join(f"{name!r} is {state}" for name, state in states.items() if state != "ready")
+        body = {"error": "not_ready", "detail": f"model {waiting}", "models": info}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     return health
 
 
+class ServerFailure(CatDogError):
+    """The running server lost a process it cannot replace, or a model crash-loops: exit status 1."""
+
+
 def run(
-    server: ls.LitServer,
+    server: CatDogServer,
     host: str = "0.0.0.0",
     port: int = 8000,
     api_servers: int | None = None,
     log_level: str = "info",
 ) -> int:
-    """Run ``server`` until SIGTERM/SIGINT; returns 0 after a clean stop, every child process gone."""
+    """Run ``server`` until SIGTERM/SIGINT; returns 0 after a clean stop, every child process gone.
+
+    Raises :class:`ServerFailure` (after stopping every process) when the supervisor gives up.
+    """
     if host not in {"0.0.0.0", "127.0.0.1", "::"}:
         raise CatDogError(f"--host {host}: LitServe binds only 0.0.0.0, 127.0.0.1 or ::")
     if not 1024 <= port <= 65535:
@@ -104,6 +192,7 @@ def run(
     check_port_free(host, port)
 
     main_pid = os.getpid()
+    supervisor = server.supervisor
 
     def stop(signum: int, frame: Any) -> None:
         if os.getpid() != main_pid:  # a forked child (HTTP server, queue manager) inherited this handler
@@ -111,31 +200,45 @@ def run(
             os.kill(os.getpid(), signum)
             return
         # Once: the shutdown that follows must not be interrupted by a second signal.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        logger.info("%s received, stopping", signal.Signals(signum).name)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        supervisor.halt()  # no restarts while LitServe stops the processes
+        if signum != signal.SIGUSR1:  # SIGUSR1: the supervisor's own stop, already logged
+            logger.info("%s received, stopping", signal.Signals(signum).name)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    supervisor.on_fatal = _wake_main_thread
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     try:
-        server.run(
-            host=host,
-            port=port,
-            num_api_servers=api_servers,
-            log_level=log_level,
-            generate_client_file=False,
-        )
+        server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
     except KeyboardInterrupt:
         pass
-    except RuntimeError as err:  # LitServe: a worker failed in setup (its traceback is in the log above)
-        raise CatDogError(f"the server could not start: {err}") from err
+    except RuntimeError as err:  # LitServe: a worker failed in setup (its reason is in the log above)
+        if supervisor.fatal is None:
+            raise CatDogError(f"the server could not start: {err}") from err
+    except (OSError, EOFError):  # the main thread's connection to the manager broke: the supervisor says why
+        supervisor.check()
+        if supervisor.fatal is None:
+            raise
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        supervisor.halt()
         stop_children()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if supervisor.fatal:
+        raise ServerFailure(supervisor.fatal)
     return 0
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _wake_main_thread() -> None:
+    """Interrupt LitServe's wait in the main thread (its SIGUSR1 handler stops the server)."""
+    if threading.current_thread() is not threading.main_thread():
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -61,7 +61,21 @@ OPTIONS: tuple[Option, ...] = (
         "largest decoded image in pixels, guards against decompression bombs (413 above)",
         int,
     ),
-    Option("--timeout", "CATDOG_TIMEOUT", "30", "seconds a request may wait for a worker (504 after)", float),
+    Option(
+        "--timeout",
+        "CATDOG_TIMEOUT",
+        "30",
+        "seconds from a request's arrival to its answer: 504 after, or 503 if its model's worker died meanwhile",
+        float,
+    ),
+    Option(
+        "--max-restarts",
+        "CATDOG_MAX_RESTARTS",
+        "5",
+        "restarts of one model's dead workers (or of HTTP server processes) allowed in 10 minutes; one more "
+        "stops the server with exit status 1",
+        int,
+    ),
     Option("--log-level", "CATDOG_LOG_LEVEL", "info", "log level", str, ("debug", "info", "warning", "error")),
 )
 
@@ -116,7 +130,7 @@ def parse_model_specs(specs: Sequence[str]) -> list[tuple[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``catdog serve``: load and check every model, then serve until SIGTERM/SIGINT."""
     from catdog.serving.api import configure_logging
-    from catdog.serving.app import build_server, run
+    from catdog.serving.app import ServerFailure, build_server, run
     from catdog.serving.models import load_model_info
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -141,5 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_image_pixels=args.max_image_pixels,
         timeout=args.timeout,
         log_level=args.log_level,
+        max_restarts=args.max_restarts,
     )
-    return run(server, args.host, args.port, api_servers=args.api_servers or None, log_level=args.log_level)
+    try:
+        return run(server, args.host, args.port, api_servers=args.api_servers or None, log_level=args.log_level)
+    except ServerFailure as err:  # a runtime failure, not a usage error: exit status 1
+        print(f"catdog serve: error: {err}", file=sys.stderr)
+        return 1

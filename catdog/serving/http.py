@@ -6,6 +6,7 @@ inference worker: only valid, decoded and resized images reach the batching work
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -201,3 +202,50 @@ def install_error_handlers(app: FastAPI, models: Sequence[ServedModel]) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
+
+
+class Deadline:
+    """ASGI middleware: every ``POST /predict/<name>`` is answered within ``timeout`` seconds, whatever happens.
+
+    LitServe's own timeout applies only while a request waits in its queue; a request inside a worker that
+    dies (or hangs) would wait forever. Past the deadline the request gets a JSON ``503 worker_restarted``
+    when its model's worker was restarted meanwhile (send it again), else ``504 timeout``.
+    """
+
+    def __init__(self, app: Any, timeout: float, models: Sequence[str], restarts: Any) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.paths = {f"/predict/{name}": name for name in models}
+        self.restarts = restarts  # a RestartCounter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        name = self.paths.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if name is None:
+            await self.app(scope, receive, send)
+            return
+        restarts_before = self.restarts.model(name)
+        started = False
+
+        async def send_tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, send_tracked), self.timeout)
+        except TimeoutError:
+            if started:  # the answer is already on its way
+                return
+            if self.restarts.model(name) != restarts_before:
+                response = error_response(
+                    503,
+                    "worker_restarted",
+                    f"the inference worker of model {name!r} died while this request was in it and was restarted; "
+                    "send the request again",
+                    headers={"Retry-After": "1"},
+                )
+            else:
+                response = error_response(
+                    504, "timeout", f"model {name!r} did not answer within {self.timeout:g} s (--timeout)"
+                )
+            await response(scope, receive, send)
