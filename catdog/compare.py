@@ -37,6 +37,7 @@ RUN_LOG = "run.log"
 #: Written last in a run folder: the commands that made its outputs (a changed command reruns the run).
 DONE_FILE = "compare-run.json"
 _EPOCH = re.compile(r"Epoch:?\s+(\d+)(?:/(\d+))?")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PROGRESS_EVERY = 30.0
 
 
@@ -206,12 +207,12 @@ def _current_epoch(log: Path, trainer: str) -> str | None:
     with log.open("rb") as handle:
         handle.seek(max(0, log.stat().st_size - 65536))
         tail = handle.read().decode(errors="replace")
-    matches = _EPOCH.findall(tail)
+    matches = _EPOCH.findall(_ANSI.sub("", tail))
     if not matches:
         return None
     number, total = matches[-1]
-    number = int(number) + (1 if trainer == "lightning" else 0)  # Lightning counts epochs from 0
-    return f"{number}/{total}" if total else str(number)
+    offset = 1 if trainer == "lightning" else 0  # Lightning's progress bar counts epochs from 0: "Epoch 0/9"
+    return f"{int(number) + offset}/{int(total) + offset}" if total else str(int(number) + offset)
 
 
 def _last_line(log: Path) -> str:
