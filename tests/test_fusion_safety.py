@@ -214,7 +214,8 @@ def test_move_keeps_every_source_when_a_write_fails(tmp_path: Path, monkeypatch,
             assert Path(row.source).exists()
 
 
-def test_a_source_changed_after_planning_stops_the_move(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("kept", [True, False], ids=["bytes-kept-by-the-plan", "bytes-read-again"])
+def test_a_source_changed_after_planning_is_never_deleted(tmp_path: Path, monkeypatch, kept: bool) -> None:
     src = generate(tmp_path / "kaggle", **SMALL)
     real_plan = command.make_plan
     changed = {}
@@ -227,8 +228,10 @@ def test_a_source_changed_after_planning_stops_the_move(tmp_path: Path, monkeypa
         return plan
 
     monkeypatch.setattr(command, "make_plan", plan_then_change_a_source)
-    before = {p: s for p, s in _snapshot(src.cats_source, src.dogs_source).items()}
-    with pytest.raises(CatDogError, match="changed while fusing"):
+    if not kept:
+        monkeypatch.setattr(command, "KEEP_BYTES", 0)
+    before = _snapshot(src.cats_source, src.dogs_source)
+    with pytest.raises(CatDogError, match="changed"):
         fuse(src.cats_source, src.dogs_source, tmp_path / "dataset", mode="move", **KWARGS)
     after = _snapshot(src.cats_source, src.dogs_source)
     assert set(after) == set(before)  # every source kept

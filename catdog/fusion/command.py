@@ -10,7 +10,7 @@ from pathlib import Path
 from catdog import CatDogError
 from catdog.fusion.kaggle import read_breed_file
 from catdog.fusion.placement import MODES, clear_out, delete_moved_sources, make_folders, write_plan
-from catdog.fusion.plan import Plan, default_workers, make_plan
+from catdog.fusion.plan import KEEP_BYTES, Plan, default_workers, make_plan
 from catdog.fusion.records import (
     MANIFEST,
     SPLIT_FILE,
@@ -78,7 +78,8 @@ def fuse(
                     raise CatDogError(
                         f"--mode {mode} needs folder sources, but {src.location} is a zip; unpack it or use --mode copy"
                     )
-        plan = make_plan(cats_src, dogs_src, arguments, workers, progress)
+        keep = KEEP_BYTES if mode in {"copy", "move"} else 0
+        plan = make_plan(cats_src, dogs_src, arguments, workers, progress, keep_bytes=keep)
         if not rerun:
             clear_out(out)
             make_folders(out)

@@ -33,7 +33,7 @@ def write_plan(plan: Plan, out: Path, mode: str, fresh: bool, workers: int, prog
     pool = ThreadPoolExecutor(workers)
     try:
         with tqdm(total=len(placed), desc="fuse: write", unit="img", disable=not progress) as bar:
-            counts = pool.map(lambda batch: _place_batch(batch, str(out), mode, fresh), batches)
+            counts = pool.map(lambda batch: _place_batch(batch, plan.contents, str(out), mode, fresh), batches)
             for batch, count in zip(batches, counts, strict=True):
                 written += count
                 bar.update(len(batch))
@@ -42,12 +42,16 @@ def write_plan(plan: Plan, out: Path, mode: str, fresh: bool, workers: int, prog
     return written
 
 
-def _place_batch(items: list[Item], out: str, mode: str, fresh: bool) -> int:
-    return sum(place(item, out, mode, fresh) for item in items)
+def _place_batch(items: list[Item], contents: dict[str, bytes], out: str, mode: str, fresh: bool) -> int:
+    return sum(place(item, out, mode, fresh, contents.pop(item.file.ref, None)) for item in items)
 
 
-def place(item: Item, out: str, mode: str, fresh: bool) -> bool:
-    """Put one planned item at ``out/<destination>``; True when a file was written."""
+def place(item: Item, out: str, mode: str, fresh: bool, data: bytes | None = None) -> bool:
+    """Put one planned item at ``out/<destination>``; True when a file was written.
+
+    ``data`` are the bytes the plan checked (copy and move); without them the source is read again and
+    must still match the planned sha256.
+    """
     target = f"{out}/{item.destination}"
     try:
         if mode == "symlink":
@@ -59,7 +63,7 @@ def place(item: Item, out: str, mode: str, fresh: bool) -> bool:
         if mode == "hardlink":
             _hardlink(item, target, out)
         else:
-            _copy(item, target, verify=mode == "move")
+            _copy(item, target, data, verify=mode == "move")
     except OSError as err:
         raise CatDogError(
             f"cannot write {target} ({err.strerror or err}); check the free space and permissions of {out}"
@@ -80,13 +84,14 @@ def _in_place(item: Item, target: str, hardlink: bool) -> bool:
     return file_sha256(target) == item.sha256
 
 
-def _copy(item: Item, target: str, verify: bool) -> None:
-    data = item.file.read()
-    if hashlib.sha256(data).hexdigest() != item.sha256:
-        raise CatDogError(
-            f"{item.file.ref} changed while fusing (its sha256 differs from when it was checked); "
-            "nothing was deleted: run the same catdog fuse command again"
-        )
+def _copy(item: Item, target: str, data: bytes | None, verify: bool) -> None:
+    if data is None:
+        data = item.file.read()
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise CatDogError(
+                f"{item.file.ref} changed while fusing (its sha256 differs from when it was checked); "
+                "nothing was deleted: run the same catdog fuse command again"
+            )
     write_bytes(target, data)
     if verify and file_sha256(target) != item.sha256:
         os.unlink(target)
@@ -152,10 +157,18 @@ def clear_out(out: Path) -> None:
 
 
 def delete_moved_sources(plan: Plan) -> int:
-    """``--mode move``: delete the source of every placed item (its copy was verified); returns the count."""
-    deleted = 0
-    for item in plan.placed:
-        if item.file.path is not None and os.path.exists(item.file.path):
-            os.unlink(item.file.path)
-            deleted += 1
-    return deleted
+    """``--mode move``: delete the source of every placed item; returns the count.
+
+    Runs after every copy is verified and recorded. A source must still hold the bytes that were copied:
+    if any changed since, none is deleted.
+    """
+    sources = [item for item in plan.placed if item.file.path is not None and os.path.exists(item.file.path)]
+    for item in sources:
+        if file_sha256(item.file.path) != item.sha256:  # type: ignore[arg-type]
+            raise CatDogError(
+                f"{item.file.path} changed after it was copied (its sha256 differs); no source was deleted. "
+                "Run the same catdog fuse command again"
+            )
+    for item in sources:
+        os.unlink(item.file.path)  # type: ignore[arg-type]
+    return len(sources)
