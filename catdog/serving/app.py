@@ -162,7 +162,7 @@ def _health_route(server: ls.LitServer, models: Sequence[ServedModel], workers: 
             return error_response(503, "not_ready", "the server is stopping: its manager process is gone")
         info = {m.name: {**m.describe(), "status": states[m.name], "restarts": restarts.model(m.name)} for m in models}
         if all(state == "ready" for state in states.values()):
-            return JSONResponse({"status": "ok", "models": info})
+            return JSONResponse({"status": "ok", "models": info, "http_server_restarts": restarts.http_servers()})
         waiting = ", ".join(f"{name!r} is {state}" for name, state in states.items() if state != "ready")
         body = {"error": "not_ready", "detail": f"model {waiting}", "models": info}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})

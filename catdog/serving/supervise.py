@@ -27,6 +27,9 @@ from typing import Any
 
 logger = logging.getLogger("catdog.serve")
 
+#: Seconds between an HTTP server process's death and its replacement (see :meth:`Supervisor.check`).
+HTTP_RESTART_DELAY = 1.5
+
 
 class RestartCounter:
     """Restarts of each model's inference workers and of the HTTP server processes, in shared memory."""
@@ -93,6 +96,7 @@ class Supervisor:
         self._history: dict[str, deque[float]] = {}
         self._manager: Any = None
         self._http: dict[Any, Any] = {}
+        self._dead_since: dict[Any, float] = {}
         self._thread: threading.Thread | None = None
 
     def start(self, manager: Any, http_servers: dict[Any, Any]) -> None:
@@ -128,7 +132,13 @@ class Supervisor:
             if not proc.is_alive() and not self._stopping.is_set():
                 self._restart_worker(index, api, name, worker_id, proc)
         for key, proc in list(self._http.items()):
-            if not proc.is_alive() and not self._stopping.is_set():
+            if proc.is_alive():
+                continue
+            # The manager's thread that served the dead process may still hold a pending get on its response
+            # queue (LitServe polls with a 1 s timeout) and would swallow one answer meant for a replacement.
+            dead_since = self._dead_since.setdefault(key, time.monotonic())
+            if time.monotonic() - dead_since >= HTTP_RESTART_DELAY and not self._stopping.is_set():
+                del self._dead_since[key]
                 self._restart_http(key, proc)
 
     # ----------------------------------------------------------------------------------------------
