@@ -44,7 +44,7 @@ import requests
 
 from catdog.sample_data import breed_style, draw_cat, draw_dog
 from catdog.transforms import PreprocessConfig, preprocess
-from catdog.utils import free_port
+from catdog.utils import file_sha256, free_port
 
 
 def _rate(run: Callable[[], None], images_per_call: int, min_seconds: float, min_calls: int = 5) -> float:
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photo-size", type=int, default=375, help="short side of the JPEGs sent (375)")
     parser.add_argument("--requests", type=int, default=200, help="requests per served measurement")
     parser.add_argument("--seconds", type=float, default=3.0, help="least time per torch/onnxruntime measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per model-only figure (best kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per figure (best kept)")
     parser.add_argument("--batch-size", type=int, default=16, help="--max-batch-size with batching on (16)")
     parser.add_argument("--batch-timeout", type=float, default=0.01, help="--batch-timeout with batching on")
     parser.add_argument(
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from catdog.export import export_onnx, file_sha256
+    from catdog.export import export_onnx
     from catdog.model import build_network, load_classifier, preprocess_config_for
 
     if args.ckpt:
