@@ -3,7 +3,8 @@
 Extension points: :func:`callbacks` returns the LitServe callbacks the server is built with, and
 :func:`mount_extras` adds routes beyond ``/predict/<name>`` and ``/health`` (e.g. ``/metrics`` or a page
 at ``/``). Both are called once by :func:`build_server`, in the main process, before any HTTP server
-process is forked.
+process is forked. ``server.app.state.catdog_restarts`` is the :class:`RestartCounter` of worker and HTTP
+server restarts (shared memory, readable from the HTTP processes, e.g. for metrics).
 """
 
 import copy
@@ -25,7 +26,7 @@ from litserve.server import _Server as LitServeUvicorn
 
 from catdog import CatDogError
 from catdog.serving.api import OnnxClassifierAPI
-from catdog.serving.http import Deadline, Limits, error_response, install_error_handlers
+from catdog.serving.http import Deadline, ExpiringBuffer, Limits, error_response, install_error_handlers
 from catdog.serving.models import ServedModel
 from catdog.serving.supervise import RestartCounter, Supervisor
 
@@ -121,7 +122,9 @@ def build_server(
     server.app.state.catdog_restarts = restarts  # read by /health (and by metrics)
     server.uvicorn_graceful_timeout = 1  # seconds an HTTP process gets to finish at shutdown
     install_error_handlers(server.app, models)
-    server.app.add_middleware(Deadline, timeout=timeout, models=[m.name for m in models], restarts=restarts)
+    pending = server.response_buffer = ExpiringBuffer(max_age=2 * timeout + 5)  # a handler waits `timeout` at most
+    names = [m.name for m in models]
+    server.app.add_middleware(Deadline, timeout=timeout, models=names, restarts=restarts, pending=pending)
     server.app.add_api_route("/health", _health_route(server, models, workers, restarts), methods=["GET"])
     mount_extras(server, models)
     return server

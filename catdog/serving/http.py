@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,6 +205,35 @@ def install_error_handlers(app: FastAPI, models: Sequence[ServedModel]) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
+class ExpiringBuffer(dict):
+    """LitServe's response buffer (request id -> pending answer) that can forget entries older than ``max_age``.
+
+    LitServe removes an entry when its handler gets the answer; a handler cancelled by :class:`Deadline`
+    never does, so :meth:`prune` drops entries no handler can still be waiting for.
+    """
+
+    def __init__(self, max_age: float) -> None:
+        super().__init__()
+        self.max_age = max_age
+        self._born: dict[Any, float] = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._born[key] = time.monotonic()
+        super().__setitem__(key, value)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self._born.pop(key, None)
+        return super().pop(key, *default)
+
+    def prune(self) -> int:
+        """Drop the entries older than ``max_age``; returns how many."""
+        cutoff = time.monotonic() - self.max_age
+        stale = [key for key, born in self._born.items() if born < cutoff]
+        for key in stale:
+            self.pop(key, None)
+        return len(stale)
+
+
 class Deadline:
     """ASGI middleware: every ``POST /predict/<name>`` is answered within ``timeout`` seconds, whatever happens.
 
@@ -212,11 +242,14 @@ class Deadline:
     when its model's worker was restarted meanwhile (send it again), else ``504 timeout``.
     """
 
-    def __init__(self, app: Any, timeout: float, models: Sequence[str], restarts: Any) -> None:
+    def __init__(
+        self, app: Any, timeout: float, models: Sequence[str], restarts: Any, pending: ExpiringBuffer | None = None
+    ) -> None:
         self.app = app
         self.timeout = timeout
         self.paths = {f"/predict/{name}": name for name in models}
         self.restarts = restarts  # a RestartCounter
+        self.pending = pending
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         name = self.paths.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -234,6 +267,8 @@ class Deadline:
         try:
             await asyncio.wait_for(self.app(scope, receive, send_tracked), self.timeout)
         except TimeoutError:
+            if self.pending is not None:
+                self.pending.prune()  # what LitServe kept for the requests no handler waits for any more
             if started:  # the answer is already on its way
                 return
             if self.restarts.model(name) != restarts_before:
