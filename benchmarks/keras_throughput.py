@@ -1,15 +1,18 @@
-"""Training throughput (images/s) of the four Keras baselines, TensorFlow vs torch backend.
+"""Training throughput (images/s) of the four Keras baselines, TensorFlow vs torch backend, in one run.
 
-Each backend runs in its own process (Keras fixes its backend at import). Every model is built and
-compiled exactly as ``python -m keras_baselines train`` does (graph mode on TensorFlow, eager on torch,
-Keras' defaults), then trains on a fixed random batch: the first ``--warmup`` batches (TensorFlow traces
-its graph there) are reported apart, and the next ``--batches`` are timed. The input pipeline is left
-out: this measures the model's training step.
+    python benchmarks/keras_throughput.py --image-size 64 --batch-size 16 --steps 10 --rounds 5
+    python benchmarks/keras_throughput.py --models custom_cnn effnetv2b2_scratch --image-size 224
 
-    python benchmarks/keras_throughput.py                      # 224 px, batch 8, 2 timed batches
-    python benchmarks/keras_throughput.py --models custom_cnn --batches 5
+Keras fixes its backend at import, so each backend is one worker process, started once and kept alive.
+Every model is built and compiled exactly as ``python -m keras_baselines train`` builds it (graph mode on
+TensorFlow, Keras' defaults on torch) and trains on a fixed random batch: the first ``--warmup`` steps
+(TensorFlow traces its graph there) are not timed. Then ``--rounds`` interleaved rounds, each timing
+``--steps`` steps of every (model, backend) pair in a rotating order, so that load from other processes
+hits both backends alike; each figure is the median over rounds, and the ratio is torch's median over
+TensorFlow's. Both workers use ``--threads`` threads. The input pipeline is left out: this measures the
+model's training step.
 
-VGG16 at 224 px trains at under 1 image/s on 2 CPU cores: keep ``--batches`` small there.
+VGG16 at 224 px trains at about 1 image/s on 2 CPU cores: keep ``--steps`` small there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,10 +32,25 @@ sys.path.insert(0, str(ROOT))
 
 from keras_baselines import BACKENDS, MODEL_NAMES, use_backend  # noqa: E402
 
+PREFIX = "RESULT "
+
+
+def _set_threads(backend: str, threads: int) -> None:
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+
 
 def worker(args: argparse.Namespace) -> None:
-    """Measure every model on this process's backend; print one JSON line per model."""
+    """Build and warm up every model, then answer ``{"model": name}`` lines on stdin with timed steps."""
     use_backend(args.backend)
+    _set_threads(args.backend, args.threads)
     import keras
     import numpy as np
 
@@ -41,39 +60,72 @@ def worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     targets = rng.integers(0, 2, batch)
+    models, labels, warmup = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = None
+        weights = Path(tmp) / "effnetv2b2_notop.weights.h5"
         if "effnetv2b2_imagenet" in args.models:
             # Random no-top weights stand in for the ImageNet file: same shapes, same cost.
-            weights = Path(tmp) / "effnetv2b2_notop.weights.h5"
-            keras.applications.EfficientNetV2B2(
-                include_top=False, weights=None, input_shape=(size, size, 3)
-            ).save_weights(weights)
+            base = keras.applications.EfficientNetV2B2(include_top=False, weights=None, input_shape=(size, size, 3))
+            base.save_weights(weights)
         for name in args.models:
             spec = get_spec(name)
-            labels = keras.utils.to_categorical(targets, 2) if spec.label_mode == "categorical" else targets[:, None]
-            labels = labels.astype("float32")
+            onehot = keras.utils.to_categorical(targets, 2) if spec.label_mode == "categorical" else targets[:, None]
+            labels[name] = onehot.astype("float32")
             keras.utils.set_random_seed(0)
-            model = build_model(name, image_size=size, weights=weights if spec.pretrained else None)
+            models[name] = build_model(name, image_size=size, weights=weights if spec.pretrained else None)
             start = time.perf_counter()
             for _ in range(args.warmup):
-                model.train_on_batch(images, labels)
-            warmup = time.perf_counter() - start
-            start = time.perf_counter()
-            for _ in range(args.batches):
-                model.train_on_batch(images, labels)
-            timed = time.perf_counter() - start
-            record = {
-                "model": name,
-                "backend": keras.backend.backend(),
-                "images_per_s": batch * args.batches / timed,
-                "s_per_batch": timed / args.batches,
-                "warmup_s": warmup,
-                "params": int(model.count_params()),
-            }
-            print("RESULT " + json.dumps(record), flush=True)
-            del model
-            keras.backend.clear_session()
+                models[name].train_on_batch(images, labels[name])
+            warmup[name] = time.perf_counter() - start
+    params = {name: int(model.count_params()) for name, model in models.items()}
+    print(PREFIX + json.dumps({"ready": True, "warmup_s": warmup, "params": params}), flush=True)
+    for line in sys.stdin:
+        name = json.loads(line)["model"]
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            models[name].train_on_batch(images, labels[name])
+        seconds = time.perf_counter() - start
+        print(PREFIX + json.dumps({"model": name, "images_per_s": batch * args.steps / seconds}), flush=True)
+
+
+def _read_result(proc: subprocess.Popen, backend: str) -> dict:
+    for line in proc.stdout:
+        if line.startswith(PREFIX):
+            return json.loads(line[len(PREFIX) :])
+    raise RuntimeError(f"the {backend} worker stopped (exit {proc.wait()}); run it alone to see its error")
+
+
+def _start_worker(backend: str, args: argparse.Namespace) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--worker", "--backend", backend, "--models", *args.models]
+    for flag in ("image_size", "batch_size", "steps", "warmup", "threads"):
+        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict]]:
+    """Images/s of every (model, backend) per round, and each worker's warm-up report."""
+    workers = {backend: _start_worker(backend, args) for backend in args.backends}
+    try:
+        ready = {}
+        for backend, proc in workers.items():
+            print(f"[{backend}] building and warming up {', '.join(args.models)} ...", file=sys.stderr, flush=True)
+            ready[backend] = _read_result(proc, backend)
+        samples: dict[tuple[str, str], list[float]] = {(m, b): [] for m in args.models for b in args.backends}
+        pairs = list(samples)
+        for round_ in range(args.rounds):
+            shift = round_ % len(pairs)
+            for name, backend in pairs[shift:] + pairs[:shift]:  # rotating order
+                proc = workers[backend]
+                proc.stdin.write(json.dumps({"model": name}) + "\n")
+                proc.stdin.flush()
+                samples[(name, backend)].append(_read_result(proc, backend)["images_per_s"])
+            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        return samples, ready
+    finally:
+        for proc in workers.values():
+            proc.stdin.close()
+            proc.wait(timeout=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=2, help="timed batches per model")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (graph tracing)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model, backend and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (graph tracing)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per backend")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -91,41 +145,25 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
 
-    results: dict[tuple[str, str], dict] = {}
-    for backend in args.backends:
-        cmd = [sys.executable, __file__, "--worker", "--backend", backend, "--models", *args.models]
-        cmd += ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
-        cmd += ["--batches", str(args.batches), "--warmup", str(args.warmup)]
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        print(f"[{backend}] measuring {', '.join(args.models)} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        for line in proc.stdout.splitlines():
-            if line.startswith("RESULT "):
-                record = json.loads(line[len("RESULT ") :])
-                results[(record["model"], backend)] = record
-        if proc.returncode != 0:
-            print(f"[{backend}] failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-
+    samples, ready = measure(args)
     print(
-        f"\nKeras training throughput at {args.image_size} px, batch {args.batch_size}, "
-        f"{args.batches} timed batch(es) after {args.warmup} warm-up, {os.cpu_count()} CPU(s)"
+        f"\nKeras training throughput at {args.image_size} px, batch {args.batch_size}: {args.steps} timed steps "
+        f"(+{args.warmup} warm-up) x {args.rounds} interleaved rounds, median; {args.threads} threads per backend"
     )
-    header = f"{'model':<22}{'backend':<12}{'images/s':>10}{'s/batch':>10}{'warm-up s':>11}{'params':>13}"
+    header = f"{'model':<22}{'backend':<12}{'images/s':>10}{'min-max':>16}{'warm-up s':>11}{'params':>13}"
     print(header + f"{'vs tensorflow':>15}")
     print("-" * (len(header) + 15))
     for name in args.models:
-        baseline = results.get((name, "tensorflow"))
+        base = statistics.median(samples[(name, "tensorflow")]) if "tensorflow" in args.backends else None
         for backend in args.backends:
-            r = results.get((name, backend))
-            if r is None:
-                print(f"{name:<22}{backend:<12}{'failed':>10}")
-                continue
-            ratio = f"{r['images_per_s'] / baseline['images_per_s']:.2f}x" if baseline else "-"
-            print(
-                f"{name:<22}{backend:<12}{r['images_per_s']:>10.2f}{r['s_per_batch']:>10.2f}"
-                f"{r['warmup_s']:>11.1f}{r['params']:>13,}{ratio:>15}"
-            )
-    return 0 if len(results) == len(args.models) * len(args.backends) else 1
+            values = samples[(name, backend)]
+            rate = statistics.median(values)
+            spread = f"{min(values):.1f}-{max(values):.1f}"
+            ratio = f"{rate / base:.2f}x" if base else "-"
+            warm = ready[backend]["warmup_s"][name]
+            params = ready[backend]["params"][name]
+            print(f"{name:<22}{backend:<12}{rate:>10.2f}{spread:>16}{warm:>11.1f}{params:>13,}{ratio:>15}")
+    return 0
 
 
 if __name__ == "__main__":
