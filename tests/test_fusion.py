@@ -14,6 +14,7 @@ import pytest
 from catdog import CatDogError
 from catdog.cli import main as catdog
 from catdog.fusion import Source, fuse, fusion_arguments, make_plan
+from catdog.fusion.sources import read_file
 from catdog.sample_data import generate
 
 SMALL = dict(cats=30, dogs_per_breed=5, breeds=5, size=48, seed=3)
@@ -286,3 +287,10 @@ def test_the_plan_places_every_file_before_anything_is_written(sources, tmp_path
     assert _files(out) == {i.destination: i.sha256 for i in placed}
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert list(manifest["source"]) == [i.file.ref for i in plan.items]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 3 * (1 << 20) + 7])
+def test_read_file_returns_every_byte(tmp_path: Path, size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    (tmp_path / "f").write_bytes(data)
+    assert read_file(str(tmp_path / "f")) == data

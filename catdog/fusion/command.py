@@ -85,12 +85,13 @@ def fuse(
             make_folders(out)
             write_records(plan, out, complete=False)  # from here on, a rerun completes this run
         written = write_plan(plan, out, mode, fresh=not rerun, workers=workers, progress=progress)
-        records_changed = write_records(plan, out, complete=True)
+        counts = plan.counts()
+        records_changed = write_records(plan, out, complete=True, counts=counts)
     if mode == "move":
         delete_moved_sources(plan)
     excluded = [item.as_dict() for item in plan.excluded]
     changed = written > 0 or records_changed
-    return FusionResult(out, plan.counts(), plan.train_breeds, plan.test_breeds, excluded, plan.leaks,
+    return FusionResult(out, counts, plan.train_breeds, plan.test_breeds, excluded, plan.leaks,
                         unchanged=rerun and not changed, written=written, completed=rerun and changed)  # fmt: skip
 
 
@@ -171,11 +172,12 @@ def check_out_contents(out: Path, arguments: dict[str, object], overwrite: bool)
     return False
 
 
-def write_records(plan: Plan, out: Path, complete: bool) -> bool:
+def write_records(plan: Plan, out: Path, complete: bool, counts: dict[str, dict[str, int]] | None = None) -> bool:
     """Write manifest.csv and split.json (unless they already hold the same); True when either changed."""
+    counts = plan.counts() if counts is None else counts
     try:
         manifest = replace_if_changed(out / MANIFEST, manifest_bytes(plan.items))
-        document = split_document(plan.arguments, plan.train_breeds, plan.test_breeds, plan.counts(), plan.leaks,
+        document = split_document(plan.arguments, plan.train_breeds, plan.test_breeds, counts, plan.leaks,
                                   complete)  # fmt: skip
         return replace_if_changed(out / SPLIT_FILE, document) or manifest
     except OSError as err:

@@ -212,13 +212,17 @@ def _set_destinations(items: list[Item]) -> None:
 
 
 def find_leaks(items: list[Item]) -> list[dict[str, str]]:
-    """Byte-identical images placed in both train and test."""
-    by_hash: dict[str, list[Item]] = defaultdict(list)
+    """Byte-identical images placed in both train and test (in order of first appearance)."""
+    split_of: dict[str, str] = {}
+    mixed: dict[str, None] = {}
     for item in items:
-        if item.split in SPLITS:
-            by_hash[item.sha256].append(item)
-    leaks = []
-    for digest, group in by_hash.items():
-        if len({i.split for i in group}) > 1:
-            leaks.append({"sha256": digest, "files": " | ".join(sorted(i.destination for i in group))})
-    return leaks
+        if item.split in SPLITS and split_of.setdefault(item.sha256, item.split) != item.split:
+            mixed[item.sha256] = None
+    if not mixed:
+        return []
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for item in items:
+        if item.split in SPLITS and item.sha256 in mixed:
+            by_hash[item.sha256].append(item.destination)
+    order = [digest for digest in split_of if digest in mixed]
+    return [{"sha256": digest, "files": " | ".join(sorted(by_hash[digest]))} for digest in order]
