@@ -39,6 +39,14 @@ DONE_FILE = "compare-run.json"
 _EPOCH = re.compile(r"Epoch:?\s+(\d+)(?:/(\d+))?")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PROGRESS_EVERY = 30.0
+#: Runs several ``catdog`` commands (a JSON list of argument lists) in one interpreter, stopping at a failure.
+_IN_ONE_PROCESS = """import json, sys
+from catdog.cli import main
+for argv in json.loads(sys.argv[1]):
+    status = main(argv)
+    if status:
+        sys.exit(status)
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,13 +167,14 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
     print(f"{tag}: started ({run.spec.trainer}; log {log})", flush=True)
     start = time.perf_counter()
     with log.open("w") as handle:
-        for command in run.commands:
-            handle.write(f"$ {' '.join(command)}\n")
+        for shown, command in _processes(run.commands):
+            handle.write("".join(f"$ {' '.join(line)}\n" for line in shown))
             handle.flush()
             status = _run_command(command, handle, log, tag, start, run.spec.trainer)
             if status != 0:
                 seconds = time.perf_counter() - start
-                reason = f"exit status {status} from `{' '.join(command[1:4])}`: {_last_line(log)}"
+                what = " then ".join(" ".join(line[1:4]) for line in shown)
+                reason = f"exit status {status} from `{what}`: {_last_line(log)}"
                 print(f"{tag}: FAILED after {format_duration(seconds)}: {reason} (log {log})", flush=True)
                 return _entry(run, out, "failed", reason, seconds)
     seconds = time.perf_counter() - start
@@ -177,6 +186,16 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
     accuracy = read_predictions(run.run_dir / PREDICTIONS_FILENAME).score().accuracy
     print(f"{tag}: done in {format_duration(seconds)} (test accuracy {accuracy:.4f})", flush=True)
     return _entry(run, out, "done", seconds=seconds)
+
+
+def _processes(commands: list[list[str]]) -> list[tuple[list[list[str]], list[str]]]:
+    """(commands shown in the log, process to start): consecutive ``python -m catdog`` commands share one
+    interpreter (as ``catdog.cli.main`` calls), which saves a torch and Lightning start-up per command."""
+    catdog = [sys.executable, "-m", "catdog"]
+    if len(commands) > 1 and all(command[:3] == catdog for command in commands):
+        argvs = json.dumps([command[3:] for command in commands])
+        return [(commands, [sys.executable, "-c", _IN_ONE_PROCESS, argvs])]
+    return [([command], command) for command in commands]
 
 
 def _run_command(command: list[str], handle, log: Path, tag: str, start: float, trainer: str) -> int:
@@ -210,7 +229,8 @@ def _current_epoch(log: Path, trainer: str) -> str | None:
     matches = _EPOCH.findall(_ANSI.sub("", tail))
     if not matches:
         return None
-    number, total = matches[-1]
+    with_total = [match for match in matches if match[1]]  # "Epoch: 3/10" over a message like "Epoch 3: saved"
+    number, total = (with_total or matches)[-1]
     offset = 1 if trainer == "lightning" else 0  # Lightning's progress bar counts epochs from 0: "Epoch 0/9"
     return f"{int(number) + offset}/{int(total) + offset}" if total else str(int(number) + offset)
 

@@ -218,7 +218,7 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     [
         ("lightning", "Epoch 0/9  ━━━━ 3/9\rEpoch 1/9  ━━━━ 1/9", "2/10"),
         ("poutyne", "\x1b[35mEpoch: \x1b[36m 3/10 \x1b[35mTrain steps: \x1b[36m9", "3/10"),
-        ("poutyne", "Epoch:  3/10 Train steps: 9 1.2s loss: 0.69", "3/10"),
+        ("poutyne", "Epoch:  3/10 Train steps: 9 1.2s loss: 0.69\nEpoch 3: model saved", "3/10"),
         ("keras", "Epoch 1/10\n9/9 - 3s\nEpoch 2/10\n", "2/10"),
         ("keras", "1/1 - 45s - 45s/step - accuracy: 0.3750", None),
     ],
