@@ -109,7 +109,8 @@ def run_poutyne(bench: Bench) -> float:
     """``poutyne.Model.fit_generator`` as ``catdog poutyne`` builds it (accuracy metric, per-step schedule)."""
     import poutyne
 
-    from catdog.poutyne_trainer import StepScheduler, TrainingSmoothedCrossEntropy, make_model
+    from catdog.poutyne_callbacks import StepScheduler
+    from catdog.poutyne_trainer import ClassifierLoss, make_model
 
     class Timer(poutyne.Callback):
         start = end = 0.0
@@ -123,7 +124,7 @@ def run_poutyne(bench: Bench) -> float:
 
     network = bench.network()
     optimizer, scheduler = bench.optimizer(network)
-    model = make_model(network, optimizer, TrainingSmoothedCrossEntropy(0.0), device="cpu")
+    model = make_model(network, optimizer, ClassifierLoss(torch.nn.CrossEntropyLoss()), device="cpu")
     timer = Timer()
     model.fit_generator(bench.batches, epochs=1, callbacks=[StepScheduler(scheduler), timer], verbose=False)
     return bench.steps * bench.batch_size / (timer.end - timer.start)

@@ -1,4 +1,4 @@
-"""The Poutyne parity trainer: CLI run and outputs, early stopping, SaveModel uploads, parity with Lightning."""
+"""The Poutyne parity trainer: configs of ``catdog fit``, checkpoints, predictions, uploads, parity with Lightning."""
 
 from __future__ import annotations
 
@@ -9,27 +9,41 @@ import os
 from pathlib import Path
 
 import fsspec
+import numpy as np
+import poutyne
 import pytest
 import torch
+import torchmetrics
 
 from catdog.cli import main
-from catdog.metrics import read_metrics
+from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
 from catdog.model import build_network
-from catdog.poutyne_trainer import SaveModel, prepare, train_poutyne, upload_file
+from catdog.poutyne_callbacks import SaveModel, upload_file
+from catdog.poutyne_config import build_parser, early_stopping_settings, plan_run
+from catdog.poutyne_trainer import PoutyneRun, prepare, train_poutyne
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
 MODEL = "test_efficientnet"  # a ~0.1M-parameter timm test network: fast on CPU
-TINY = dict(model_name=MODEL, image_size=32, batch_size=16, num_workers=0, seed=42)
 REPO = Path(__file__).resolve().parents[1]
+SCRATCH, PRETRAINED = str(REPO / "configs" / "scratch.yaml"), str(REPO / "configs" / "pretrained.yaml")
+POUTYNE, CSV_ONLY = str(REPO / "configs" / "poutyne.yaml"), str(REPO / "configs" / "logger" / "csv.yaml")
 
 
-def _flags(**options: object) -> list[str]:
-    return [item for key, value in options.items() for item in (f"--{key}", str(value).lower())]
+def shared(dataset: Path, *extra: str, config: tuple[str, ...] = (SCRATCH,)) -> list[str]:
+    """Options both `catdog fit` and `catdog poutyne` read: a tiny 32 px run on the CPU."""
+    return [
+        *(item for path in config for item in ("-c", path)), "-c", CSV_ONLY,
+        "--data.data_dir", str(dataset), "--data.image_size", "32", "--data.batch_size", "16",
+        "--data.num_workers", "0", "--model.model_name", MODEL, "--trainer.accelerator", "cpu", *extra,
+    ]  # fmt: skip
 
 
-def _test_size(dataset: Path) -> int:
-    return sum(1 for p in (dataset / "test").rglob("*.jpg"))
+def poutyne_args(dataset: Path, run_dir: Path, *extra: str, config: tuple[str, ...] = (SCRATCH,)) -> list[str]:
+    return [
+        *shared(dataset, config=config), "-c", POUTYNE, "--poutyne.run_dir", str(run_dir),
+        "--poutyne.wandb", "false", "--poutyne.verbose", "false", *extra,
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,121 +55,178 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _test_accuracy(weights: Path, dataset: Path) -> float:
-    """Accuracy on ``dataset/test`` of a network built from ``weights``, computed without Poutyne."""
-    setup = prepare(dataset, pretrained_file=str(weights), **TINY)
-    datamodule = setup.datamodule
-    datamodule.setup("test")
-    network = setup.network.eval()
-    correct = total = 0
+class Snapshots(poutyne.Callback):
+    """The network's weights at the end of every epoch and at the end of training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: dict[int, dict[str, torch.Tensor]] = {}
+        self.final: dict[str, torch.Tensor] = {}
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {key: value.detach().clone() for key, value in self.model.network.state_dict().items()}
+
+    def on_epoch_end(self, epoch_number: int, logs: dict) -> None:
+        self.epochs[epoch_number] = self._state()
+
+    def on_train_end(self, logs: dict) -> None:
+        self.final = self._state()
+
+
+class WreckFrom(poutyne.Callback):
+    """Add large noise to every weight after each step from epoch ``epoch`` on: val_loss gets worse."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch, self.active = epoch, False
+
+    def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
+        self.active = epoch_number >= self.epoch
+
+    def on_train_batch_end(self, batch_number: int, logs: dict) -> None:
+        if self.active:
+            with torch.no_grad():
+                for param in self.model.network.parameters():
+                    param.add_(torch.randn_like(param))
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=atol) for k in a)
+
+
+@pytest.fixture(scope="module")
+def wrecked_run(fused_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[PoutyneRun, Snapshots]:
+    """Three epochs whose last one is spoiled, so the best epoch (lowest val_loss) is not the last one."""
+    snapshots = Snapshots()
+    run_dir = tmp_path_factory.mktemp("runs") / "wrecked"
+    run = train_poutyne(poutyne_args(fused_dataset, run_dir, "--trainer.max_epochs", "3"), [snapshots, WreckFrom(3)])
+    return run, snapshots
+
+
+def test_last_checkpoint_is_the_final_epoch_and_best_the_lowest_val_loss(wrecked_run) -> None:  # noqa: ANN001
+    run, snapshots = wrecked_run
+    val_losses = [row["val_loss"] for row in run.history]
+    assert [int(row["epoch"]) for row in run.history] == [1, 2, 3]
+    best_epoch = 1 + int(np.argmin(val_losses))
+    assert best_epoch != 3, f"the spoiled last epoch should not be the best: {val_losses}"
+    last = torch.load(run.last_checkpoint, weights_only=True)
+    best = torch.load(run.best_checkpoint, weights_only=True)
+    assert same_weights(last, snapshots.final) and same_weights(last, snapshots.epochs[3])
+    assert same_weights(best, snapshots.epochs[best_epoch])
+    assert not same_weights(best, last)
+    assert run.metrics.checkpoint == str(run.best_checkpoint.resolve())
+
+
+def test_metrics_json_is_the_recomputation_from_predictions(wrecked_run) -> None:  # noqa: ANN001
+    run, _ = wrecked_run
+    saved = json.loads(run.metrics_path.read_text())
+    recomputed = run_metrics_from_predictions(
+        run.predictions_path, model=MODEL, framework="poutyne", pretrained=False, num_params=saved["num_params"],
+        epochs=3, train_seconds=saved["train_seconds"], checkpoint=saved["checkpoint"],
+    )  # fmt: skip
+    assert saved == json.loads(json.dumps(vars(recomputed)))
+    # Independent ground truth from the same rows: torchmetrics and plain counting.
+    rows = read_predictions(run.predictions_path)
+    labels, p_dog = torch.as_tensor(rows.labels), torch.as_tensor(rows.p_dog)
+    assert saved["accuracy"] == pytest.approx(float(((p_dog > 0.5).long() == labels).float().mean()))
+    assert saved["auroc"] == pytest.approx(float(torchmetrics.functional.classification.binary_auroc(p_dog, labels)))
+    assert sum(map(sum, saved["confusion_matrix"])) == saved["n_test"] == len(rows.files)
+
+
+def test_each_prediction_belongs_to_its_image(wrecked_run, fused_dataset: Path) -> None:  # noqa: ANN001
+    """Every row's P(dog) is the best checkpoint's answer for the image the row names (read afresh)."""
+    from catdog.model import preprocess_config_for
+    from catdog.transforms import eval_transform, open_image
+
+    run, _ = wrecked_run
+    rows = read_predictions(run.predictions_path)
+    expected = sorted(p.relative_to(fused_dataset).as_posix() for p in (fused_dataset / "test").rglob("*.jpg"))
+    assert sorted(rows.files) == expected
+    assert rows.labels.tolist() == [int(name.split("/")[1] == "dog") for name in rows.files]
+    network = build_network(MODEL, pretrained_file=run.best_checkpoint).eval()
+    config = preprocess_config_for(network, 32)
+    images = torch.stack([torch.from_numpy(eval_transform(open_image(fused_dataset / f), config)) for f in rows.files])
     with torch.no_grad():
-        for images, labels in datamodule.test_dataloader():
-            correct += int((network(images).argmax(dim=1) == labels).sum())
-            total += len(labels)
-    return correct / total
+        p_dog = network(images).double().softmax(dim=1)[:, 1].numpy()
+    assert np.ptp(p_dog) > 1e-3, "the answers do not depend on the image: the check below would prove nothing"
+    np.testing.assert_allclose(rows.p_dog, p_dog, rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_cli_trains_and_writes_every_output(fused_dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "runs"
-    uri = "memory://catdog-test/models"
-    status = main(
-        [
-            "poutyne",
-            "-c",
-            str(REPO / "configs" / "poutyne.yaml"),
-            "--data_dir",
-            str(fused_dataset),
-            *_flags(**TINY),
-            *_flags(epochs=2, steps_per_epoch=2, out_dir=out, name="cli", verbose=False, wandb=True),
-            "--upload_uri",
-            uri,
-        ]
-    )
-    assert status == 0
-    run_dir = out / "cli"
+def test_cli_writes_every_output(fused_dataset: Path, tmp_path: Path) -> None:
+    run_dir, uri = tmp_path / "cli", "memory://catdog-test/models"
+    options = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--poutyne.upload_uri", uri]
+    argv = [*poutyne_args(fused_dataset, run_dir, *options), "--poutyne.wandb", "true"]
+    assert main(["poutyne", *argv]) == 0
 
     rows = list(csv.DictReader((run_dir / "history.csv").open()))
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert {"loss", "acc", "val_loss", "val_acc", "lr_group_0", "lr_group_1"} <= set(rows[0])
     history = json.loads((run_dir / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
     assert float(rows[1]["val_loss"]) == pytest.approx(history[1]["val_loss"])
-
     metrics = read_metrics(run_dir / "metrics.json")
     assert metrics.framework == "poutyne" and metrics.model == MODEL and not metrics.pretrained
     assert metrics.epochs == 2 and metrics.train_seconds > 0
-    assert sum(map(sum, metrics.confusion_matrix)) == _test_size(fused_dataset)
     assert metrics.num_params == sum(p.numel() for p in build_network(MODEL).parameters())
-
-    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
-    assert best.is_file() and last.is_file()
-    assert metrics.checkpoint == str(best.resolve())
-    # The best checkpoint is the model that was tested: it reproduces the reported accuracy.
-    assert _test_accuracy(best, fused_dataset) == pytest.approx(metrics.accuracy, abs=1e-6)
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    val_files = (run_dir / "val_files.txt").read_text().split()
+    assert val_files and all(name.startswith("train/") and (fused_dataset / name).is_file() for name in val_files)
+    assert "image_size: 32" in (run_dir / "config.yaml").read_text()
 
     saved = run_dir / "saved" / "model_epoch1.pth"
-    assert saved.is_file()
     memory = fsspec.filesystem("memory")
     assert memory.cat_file("/catdog-test/models/model_epoch1.pth") == saved.read_bytes()
     memory.rm("/catdog-test", recursive=True)
-
     assert list((run_dir / "wandb").glob("offline-run-*")), "the W&B logger wrote no offline run"
 
 
-@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_the_configs_of_catdog_fit_are_read_alike(fused_dataset: Path, weights_file: Path) -> None:
+    """`catdog poutyne` parses data:/model: as LightningCLI does, overrides included; patience from the config."""
+    from catdog.data import CatDogDataModule
+    from catdog.model import CatDogClassifier
+    from catdog.train import CatDogCLI
+
+    overrides = ["--model.lr", "0.0123", "--trainer.max_epochs", "1", "--model.pretrained_file", str(weights_file)]
+    for config, patience in (((SCRATCH,), 8), ((SCRATCH, PRETRAINED), 4)):
+        ours = build_parser().parse_args([*shared(fused_dataset, *overrides, config=config), "-c", POUTYNE])
+        cli = CatDogCLI(CatDogClassifier, CatDogDataModule, args=shared(fused_dataset, *overrides, config=config),
+                        run=False, seed_everything_default=42)  # fmt: skip
+        lightning_hparams = {k: v for k, v in cli.model.hparams.items() if not k.startswith("_")}
+        assert lightning_hparams == dict(CatDogClassifier(**ours.model.as_dict()).hparams)
+        assert ours.data.as_dict() == {k: v for k, v in cli.config.data.as_dict().items()}
+        assert ours.seed_everything == cli.config.seed_everything
+        assert ours.model.lr == 0.0123 and ours.data.image_size == 32 and ours.trainer.max_epochs == 1
+        assert early_stopping_settings(ours.trainer.callbacks) == (patience, 0.0)
+        assert plan_run(ours).patience == patience and plan_run(ours).device == "cpu"
+
+
 def test_early_stopping_ends_the_run_and_saves_to_a_file_uri(fused_dataset: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote" / "models"
-    run = train_poutyne(
-        str(fused_dataset),
-        **TINY,
-        epochs=6,
-        steps_per_epoch=1,
-        monitor="val_acc",
-        patience=1,
-        min_delta=100.0,  # val_acc is in percent: no epoch after the first can improve by more than 100
-        save_model_epoch=5,  # after the last epoch run: SaveModel saves at the end instead
-        upload_uri=f"file://{remote}",
-        out_dir=str(tmp_path / "runs"),
-        name="early",
-        wandb=False,
-        verbose=False,
-    )
-    assert run.stopped_early
-    assert len(run.history) == 2 and run.metrics.epochs == 2
-    assert read_metrics(run.metrics_path).epochs == 2
-    assert run.saved_model == run.run_dir / "saved" / "model_epoch2.pth"
+    options = ["--trainer.max_epochs", "6", "--trainer.limit_train_batches", "2", "--poutyne.patience", "1"]
+    options += ["--poutyne.save_model_epoch", "5", "--poutyne.upload_uri", f"file://{remote}"]
+    run = train_poutyne(poutyne_args(fused_dataset, tmp_path / "early", *options), [WreckFrom(2)])
+    assert run.stopped_early and len(run.history) == 2 and read_metrics(run.metrics_path).epochs == 2
+    assert run.saved_model == run.run_dir / "saved" / "model_epoch2.pth"  # stopped before epoch 5: saved at the end
     uploaded = remote / "model_epoch2.pth"
     assert run.uploaded_to is not None and run.uploaded_to.endswith(str(uploaded))
     assert uploaded.read_bytes() == run.saved_model.read_bytes()
     restored = build_network(MODEL, pretrained_file=uploaded)
-    final = torch.load(run.last_checkpoint, weights_only=True)
-    assert all(torch.equal(value, final[key]) for key, value in restored.state_dict().items())
+    assert same_weights(restored.state_dict(), torch.load(run.last_checkpoint, weights_only=True))
 
 
-@pytest.mark.slow
 def test_failed_upload_keeps_training_and_the_local_copy(
     fused_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the upload folder should be")
-    run = train_poutyne(
-        str(fused_dataset),
-        **TINY,
-        epochs=1,
-        steps_per_epoch=1,
-        upload_uri=f"file://{blocker}/models",
-        out_dir=str(tmp_path / "runs"),
-        name="failing",
-        wandb=False,
-        verbose=False,
-    )
+    options = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    run = train_poutyne(poutyne_args(fused_dataset, tmp_path / "failing", *options, "--poutyne.upload_uri",
+                                     f"file://{blocker}/models"))  # fmt: skip
     assert run.metrics_path.is_file() and run.metrics.epochs == 1
     assert run.uploaded_to is None and run.saved_model is not None and run.saved_model.is_file()
     assert run.upload_error is not None and str(run.saved_model) in run.upload_error
     err = capsys.readouterr().err
-    assert f"upload of model_epoch1.pth to file://{blocker}/models failed" in err
-    assert "Training continues" in err
+    assert f"upload of model_epoch1.pth to file://{blocker}/models failed" in err and "Training continues" in err
 
 
 def test_unknown_protocol_upload_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,43 +256,36 @@ def test_missing_cloud_backend_names_the_package(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_reported(fused_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["poutyne", "--data_dir", str(tmp_path / "missing")]) == 2
-    assert f"data_dir {tmp_path / 'missing'}: folder not found" in capsys.readouterr().err
-    assert main(["poutyne", "--data_dir", str(fused_dataset), "--save_model_epoch", "0"]) == 2
+    assert main(["poutyne", *poutyne_args(tmp_path / "missing", tmp_path / "run")]) == 2
+    assert f"data.data_dir {tmp_path / 'missing'}: folder not found" in capsys.readouterr().err
+    assert main(["poutyne", *poutyne_args(fused_dataset, tmp_path / "run", "--poutyne.save_model_epoch", "0")]) == 2
+    assert "poutyne.save_model_epoch must be at least 1" in capsys.readouterr().err
+    assert main(["poutyne", *poutyne_args(fused_dataset, tmp_path / "run", "--trainer.accelerator", "tpu")]) == 2
+    assert "trainer.accelerator 'tpu'" in capsys.readouterr().err
     assert main(["poutyne", "--no-such-flag", "1"]) == 2
+    assert not (tmp_path / "run").exists()
 
 
-def _lightning(weights: Path, dataset: Path):  # noqa: ANN202 - the Lightning pair, built as LightningCLI would
-    import lightning as L
+# -- parity with Lightning: both sides built from the same config files, on the CPU -----------------------
 
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`", "ignore:LightningCLI's args parameter")
+def test_first_batch_and_losses_match_lightning(fused_dataset: Path, weights_file: Path, tmp_path: Path) -> None:
     from catdog.data import CatDogDataModule
     from catdog.model import CatDogClassifier
+    from catdog.train import CatDogCLI
 
-    L.seed_everything(TINY["seed"], verbose=False)
-    module = CatDogClassifier(
-        model_name=MODEL,
-        pretrained_file=str(weights),
-        image_size=TINY["image_size"],
-        lr=0.002,
-        weight_decay=0.05,
-        warmup_epochs=1.0,
-        min_lr_ratio=0.01,
-        label_smoothing=0.1,
-        drop_rate=0.2,
-    )
-    datamodule = CatDogDataModule(dataset, **TINY)
-    return module, datamodule
-
-
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_first_batch_loss_matches_lightning(fused_dataset: Path, weights_file: Path) -> None:
-    setup = prepare(fused_dataset, pretrained_file=str(weights_file), **TINY)
-    images, labels = next(iter(setup.datamodule.train_dataloader()))
-    module, datamodule = _lightning(weights_file, fused_dataset)
+    args = shared(fused_dataset, "--model.pretrained_file", str(weights_file))
+    cli = CatDogCLI(CatDogClassifier, CatDogDataModule, args=args, run=False, seed_everything_default=42)
+    module, datamodule = cli.model, cli.datamodule
     datamodule.setup("fit")
-    assert datamodule.preprocess_config == setup.datamodule.preprocess_config
     l_images, l_labels = next(iter(datamodule.train_dataloader()))
-    assert torch.equal(images, l_images) and torch.equal(labels, l_labels), "the two paths saw different batches"
+    config = build_parser().parse_args([*args, "-c", POUTYNE, "--poutyne.run_dir", str(tmp_path)])
+    setup = prepare(config, plan_run(config))
+    images, labels = next(iter(setup.datamodule.train_dataloader()))
+    assert torch.equal(images, l_images) and torch.equal(labels, l_labels), "the two trainers saw different batches"
+    assert setup.steps_per_epoch == len(datamodule.train_dataloader()) == len(datamodule.train_set) // 16  # drop_last
+    assert torch.device(setup.model.device) == module.device == torch.device("cpu")
 
     # Evaluation loss (plain cross-entropy, BatchNorm running statistics) before any training forward pass.
     module.eval()
@@ -229,7 +293,6 @@ def test_first_batch_loss_matches_lightning(fused_dataset: Path, weights_file: P
         lightning_val = module.validation_step((l_images, l_labels), 0).item()
     poutyne_val, _ = setup.model.evaluate_on_batch(images, labels)
     assert poutyne_val == pytest.approx(lightning_val, rel=1e-6)
-
     # Training loss (label smoothing, dropout, batch statistics) with the same dropout draw.
     module.train()
     torch.manual_seed(0)
@@ -240,44 +303,57 @@ def test_first_batch_loss_matches_lightning(fused_dataset: Path, weights_file: P
     assert poutyne_loss != pytest.approx(poutyne_val, rel=1e-3), "training and evaluation losses should differ"
 
 
+def lightning_epochs(run_dir: Path) -> dict[int, dict[str, float]]:
+    """``train_loss_epoch`` and ``val_loss`` by epoch (counted from 1) from Lightning's CSV log."""
+    epochs: dict[int, dict[str, float]] = {}
+    for path in run_dir.glob("lightning_logs/version_*/metrics.csv"):
+        for row in csv.DictReader(path.open()):
+            for key in ("train_loss_epoch", "val_loss"):
+                if row.get(key):
+                    epochs.setdefault(int(row["epoch"]) + 1, {})[key] = float(row[key])
+    return epochs
+
+
 @pytest.mark.slow
-def test_short_training_matches_lightning(fused_dataset: Path, weights_file: Path, tmp_path: Path) -> None:
-    import lightning as L
+def test_three_epochs_match_lightning(fused_dataset: Path, weights_file: Path, tmp_path: Path) -> None:
+    """`catdog fit` + `catdog test` and `catdog poutyne` from the same configs: losses, checkpoints, test scores."""
+    common = shared(fused_dataset, "--model.pretrained_file", str(weights_file), "--trainer.max_epochs", "3")
+    l_dir = tmp_path / "lightning"
+    # No sanity validation: it would draw from the RNG before the first training batch (Poutyne has none).
+    l_only = ["--trainer.default_root_dir", str(l_dir), "--trainer.num_sanity_val_steps", "0"]
+    l_only += ["--trainer.enable_progress_bar", "false"]
+    assert main(["fit", *common, *l_only]) == 0
+    run = train_poutyne(poutyne_args(fused_dataset, tmp_path / "poutyne", "--model.pretrained_file",
+                                     str(weights_file), "--trainer.max_epochs", "3"))  # fmt: skip
+    assert main(["test", *common, *l_only, "--ckpt_path", "best"]) == 0
 
-    steps = 3
-    run = train_poutyne(
-        str(fused_dataset),
-        pretrained_file=str(weights_file),
-        **TINY,
-        epochs=1,
-        steps_per_epoch=steps,
-        lr=0.002,
-        out_dir=str(tmp_path / "poutyne"),
-        name="parity",
-        wandb=False,
-        verbose=False,
-    )
-    module, datamodule = _lightning(weights_file, fused_dataset)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path / "lightning",
-    )
-    trainer.fit(module, datamodule)
-    logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
-    trainer.test(module, datamodule, verbose=False)
+    logged = lightning_epochs(l_dir)
+    assert sorted(logged) == [1, 2, 3] == [int(row["epoch"]) for row in run.history]
+    for row in run.history:
+        assert row["loss"] == pytest.approx(logged[int(row["epoch"])]["train_loss_epoch"], rel=1e-4)
+        assert row["val_loss"] == pytest.approx(logged[int(row["epoch"])]["val_loss"], rel=1e-4)
+    l_best = torch.load(l_dir / "checkpoints" / "best.ckpt", weights_only=False, map_location="cpu")
+    l_last = torch.load(l_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert l_best["epoch"] + 1 == 1 + int(np.argmin([row["val_loss"] for row in run.history]))
+    assert l_last["epoch"] + 1 == 3
+    network_state = {key.removeprefix("network."): value for key, value in l_best["state_dict"].items()}
+    assert same_weights(torch.load(run.best_checkpoint, weights_only=True), network_state, atol=1e-5)
+    network_state = {key.removeprefix("network."): value for key, value in l_last["state_dict"].items()}
+    assert same_weights(torch.load(run.last_checkpoint, weights_only=True), network_state, atol=1e-5)
+    lightning_metrics = read_metrics(l_dir / "metrics.json")
+    assert lightning_metrics.framework == "lightning" and run.metrics.framework == "poutyne"
+    assert abs(run.metrics.accuracy - lightning_metrics.accuracy) <= 1 / run.metrics.n_test + 1e-9
 
-    assert run.history[0]["loss"] == pytest.approx(logged["train_loss_epoch"], rel=1e-4)
-    assert run.history[0]["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-4)
-    assert run.history[0]["val_acc"] / 100 == pytest.approx(logged["val_acc"], abs=1e-6)
-    poutyne_metrics = read_metrics(run.metrics_path)
-    lightning_metrics = read_metrics(tmp_path / "lightning" / "metrics.json")
-    assert lightning_metrics.framework == "lightning" and poutyne_metrics.framework == "poutyne"
-    # Same weights, seed, data and steps: the test accuracies agree to within one image.
-    assert abs(poutyne_metrics.accuracy - lightning_metrics.accuracy) <= 1 / _test_size(fused_dataset) + 1e-6
+
+@pytest.mark.slow
+def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path) -> None:
+    """tf_efficientnetv2_b2 from scratch, 64 px, batch 32, 3 epochs: no collapse onto one class at test."""
+    args = [
+        "-c", SCRATCH, "-c", CSV_ONLY, "-c", POUTYNE, "--data.data_dir", str(fused_dataset),
+        "--data.image_size", "64", "--data.batch_size", "32", "--data.num_workers", "0",
+        "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu", "--poutyne.run_dir", str(tmp_path / "run"),
+        "--poutyne.wandb", "false", "--poutyne.verbose", "false",
+    ]  # fmt: skip
+    run = train_poutyne(args)
+    assert run.metrics.model == "tf_efficientnetv2_b2"
+    assert run.metrics.accuracy >= 0.85 and run.metrics.balanced_accuracy >= 0.85, run.metrics

@@ -1,0 +1,170 @@
+"""The configuration of ``catdog poutyne``: the sections of ``catdog fit`` plus Poutyne's own, and the run plan.
+
+``data:`` and ``model:`` are the arguments of :class:`catdog.data.CatDogDataModule` and
+:class:`catdog.model.CatDogClassifier` (one default per setting: the classes'), ``seed_everything`` and
+``trainer:`` parse exactly as for ``catdog fit``; ``poutyne:`` is :class:`PoutyneOptions`. :func:`plan_run`
+turns a parsed configuration into a :class:`PoutynePlan`, a plain value checked before anything is built.
+Of the ``trainer:`` section Poutyne reads ``max_epochs``, ``limit_train_batches``, ``limit_val_batches``,
+``accelerator`` and the ``patience``/``min_delta`` of its ``EarlyStopping`` callback; the rest is Lightning's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from catdog import CatDogError
+
+
+@dataclass
+class PoutyneOptions:
+    """Poutyne's own settings: the ``poutyne:`` section of the configuration.
+
+    Args:
+        run_dir: folder of everything the run writes (default ``runs/poutyne/scratch`` or
+            ``runs/poutyne/pretrained``).
+        patience: epochs without a lower ``val_loss`` before early stopping; ``None`` takes the patience of the
+            ``trainer.callbacks`` EarlyStopping (no early stopping without one).
+        save_model_epoch: SaveModel saves (and uploads) the network after this epoch (or the last one run).
+        upload_uri: fsspec URI (folder, or file ending in .pth) the saved model is uploaded to.
+        wandb: log to Weights & Biases (offline unless ``WANDB_MODE`` says otherwise).
+        wandb_project: W&B project name.
+        verbose: Poutyne's progress output.
+    """
+
+    run_dir: str | None = None
+    patience: int | None = None
+    save_model_epoch: int = 1
+    upload_uri: str | None = None
+    wandb: bool = True
+    wandb_project: str = "catdog"
+    verbose: bool = True
+
+
+@dataclass(frozen=True)
+class PoutynePlan:
+    """What a run will do, decided from the configuration before anything is built or written."""
+
+    run_dir: Path
+    seed: int
+    epochs: int
+    train_batches: int | float | None  # trainer.limit_train_batches: a count, a fraction, or None (all)
+    val_batches: int | float | None  # trainer.limit_val_batches, likewise
+    device: str
+    patience: int | None  # None: no early stopping
+    min_delta: float
+    options: PoutyneOptions
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved configuration (logged to W&B)
+
+
+def build_parser() -> Any:
+    """The ``catdog poutyne`` parser: ``data:``, ``model:`` and ``trainer:`` as ``catdog fit``, plus ``poutyne:``."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning.pytorch import Trainer
+
+    from catdog.data import CatDogDataModule
+    from catdog.model import CatDogClassifier
+
+    parser = ArgumentParser(
+        prog="catdog poutyne",
+        description="Train and test the cat/dog classifier with Poutyne, from the configs of `catdog fit`.",
+        default_env=False,
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config(s): scratch.yaml, poutyne.yaml")
+    parser.add_argument("--seed_everything", type=int, default=42, help="seed of weights, shuffling, augmentation")
+    parser.add_class_arguments(CatDogDataModule, "data")
+    parser.add_class_arguments(CatDogClassifier, "model")
+    # The whole trainer section parses as it does for `catdog fit`; Poutyne reads only a few of its keys.
+    parser.add_class_arguments(Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
+    parser.add_class_arguments(PoutyneOptions, "poutyne", instantiate=False)
+    # The links of `catdog fit` (catdog.train.CatDogCLI).
+    parser.link_arguments("data.image_size", "model.image_size")
+    parser.link_arguments("model.model_name", "data.model_name")
+    return parser
+
+
+def plan_run(config: Any) -> PoutynePlan:
+    """Check the configuration and decide the run dir, epochs, batch limits, device and early stopping."""
+    options = PoutyneOptions(**config.poutyne.as_dict())
+    trainer = config.trainer
+    epochs = trainer.max_epochs
+    if epochs is None or epochs < 1:
+        raise CatDogError(f"trainer.max_epochs must be at least 1 for catdog poutyne, got {epochs}")
+    if options.save_model_epoch < 1:
+        raise CatDogError(
+            f"poutyne.save_model_epoch must be at least 1 (epochs count from 1), got {options.save_model_epoch}"
+        )
+    data_dir = Path(config.data.data_dir)
+    if not data_dir.is_dir():
+        raise CatDogError(
+            f"data.data_dir {data_dir}: folder not found; create it with `catdog fuse ... --out {data_dir}` "
+            "(or `catdog sample-data` then `catdog fuse` for generated data)"
+        )
+    patience, min_delta = early_stopping_settings(trainer.callbacks)
+    if options.patience is not None:
+        if options.patience < 0:
+            raise CatDogError(f"poutyne.patience must be >= 0 (or null), got {options.patience}")
+        patience = options.patience
+    uses_weights = bool(config.model.pretrained or config.model.pretrained_file)
+    run_dir = Path(options.run_dir or f"runs/poutyne/{'pretrained' if uses_weights else 'scratch'}")
+    return PoutynePlan(
+        run_dir=run_dir,
+        seed=int(config.seed_everything),
+        epochs=int(epochs),
+        train_batches=batch_limit(trainer.limit_train_batches, "trainer.limit_train_batches"),
+        val_batches=batch_limit(trainer.limit_val_batches, "trainer.limit_val_batches"),
+        device=resolve_device(trainer.accelerator),
+        patience=patience,
+        min_delta=min_delta,
+        options=options,
+        config=config.clone().as_dict(),
+    )
+
+
+def early_stopping_settings(callbacks: Any) -> tuple[int | None, float]:
+    """``(patience, min_delta)`` of the EarlyStopping in ``trainer.callbacks``; ``(None, 0.0)`` without one."""
+    items = callbacks if isinstance(callbacks, list | tuple) else [callbacks] if callbacks else []
+    for item in items:
+        class_path = str(getattr(item, "class_path", "") or "")
+        if class_path.rsplit(".", 1)[-1] == "EarlyStopping":
+            init_args = item.init_args
+            return int(init_args.get("patience", 3)), float(init_args.get("min_delta", 0.0))
+    return None, 0.0
+
+
+def batch_limit(value: int | float | None, name: str) -> int | float | None:
+    """A ``limit_*_batches`` value as Lightning reads it: an int counts batches, a float is a fraction."""
+    if value is None or (isinstance(value, float) and value == 1.0):
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value <= 0
+        or (isinstance(value, float) and value > 1.0)
+    ):
+        raise CatDogError(f"{name} must be a positive number of batches or a fraction in (0, 1], got {value!r}")
+    return value
+
+
+def limit_batches(batches: int, limit: int | float | None) -> int:
+    """How many of ``batches`` a :func:`batch_limit` value allows (at least one)."""
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))
+
+
+def resolve_device(accelerator: Any) -> str:
+    """``trainer.accelerator`` as a torch device: ``cpu``; ``gpu``/``cuda``; ``auto`` (a GPU when visible)."""
+    import torch
+
+    name = str(accelerator).lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name in {"gpu", "cuda"}:
+        if not torch.cuda.is_available():
+            raise CatDogError(f"trainer.accelerator {accelerator}: no CUDA GPU is visible; use cpu or auto")
+        return "cuda"
+    if name == "cpu":
+        return "cpu"
+    raise CatDogError(f"trainer.accelerator {accelerator!r}: catdog poutyne runs on cpu, gpu (cuda) or auto")
