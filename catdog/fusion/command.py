@@ -72,26 +72,43 @@ def fuse(
     rerun = check_out_contents(out, arguments, overwrite)
     workers = workers or default_workers()
     with Source(cats_source, "cats") as cats_src, Source(dogs_source, "dogs") as dogs_src:
-        if mode != "copy":
-            for src in (cats_src, dogs_src):
-                if not src.location.is_dir():
-                    raise CatDogError(
-                        f"--mode {mode} needs folder sources, but {src.location} is a zip; unpack it or use --mode copy"
-                    )
+        check_mode_fits(mode, cats_src, dogs_src)
         keep = KEEP_BYTES if mode in {"copy", "move"} else 0
-        plan = make_plan(cats_src, dogs_src, arguments, workers, progress, keep_bytes=keep)
-        if not rerun:
-            clear_out(out)
-            make_folders(out)
-            write_records(plan, out, complete=False)  # from here on, a rerun completes this run
-        written = write_plan(plan, out, mode, fresh=not rerun, workers=workers, progress=progress)
-        counts = plan.counts()
-        records_changed = write_records(plan, out, complete=True, counts=counts)
+        plan = make_plan(cats_src, dogs_src, arguments, workers, progress, keep_bytes=keep)  # nothing written yet
+        written, records_changed = write(plan, out, mode, rerun, workers, progress)
     if mode == "move":
         delete_moved_sources(plan)
-    excluded = [item.as_dict() for item in plan.excluded]
+    return report(plan, out, rerun, written, records_changed)
+
+
+def check_mode_fits(mode: str, *sources: Source) -> None:
+    """Links and moves need real files: refuse zip sources for them."""
+    for source in sources:
+        if mode != "copy" and not source.location.is_dir():
+            raise CatDogError(
+                f"--mode {mode} needs folder sources, but {source.location} is a zip; unpack it or use --mode copy"
+            )
+
+
+def write(plan: Plan, out: Path, mode: str, rerun: bool, workers: int, progress: bool) -> tuple[int, bool]:
+    """Write the plan's files and records into ``out``: (files written, whether the records changed).
+
+    A fresh output is cleared of an earlier fusion's files (``--overwrite``) and marked incomplete first,
+    so that an interrupted run is completed by the same command.
+    """
+    if not rerun:
+        clear_out(out)
+        make_folders(out)
+        write_records(plan, out, complete=False)
+    written = write_plan(plan, out, mode, fresh=not rerun, workers=workers, progress=progress)
+    return written, write_records(plan, out, complete=True)
+
+
+def report(plan: Plan, out: Path, rerun: bool, written: int, records_changed: bool) -> FusionResult:
+    """What the fusion did, from its plan."""
     changed = written > 0 or records_changed
-    return FusionResult(out, counts, plan.train_breeds, plan.test_breeds, excluded, plan.leaks,
+    excluded = [item.as_dict() for item in plan.excluded]
+    return FusionResult(out, plan.counts(), plan.train_breeds, plan.test_breeds, excluded, plan.leaks,
                         unchanged=rerun and not changed, written=written, completed=rerun and changed)  # fmt: skip
 
 
@@ -172,12 +189,11 @@ def check_out_contents(out: Path, arguments: dict[str, object], overwrite: bool)
     return False
 
 
-def write_records(plan: Plan, out: Path, complete: bool, counts: dict[str, dict[str, int]] | None = None) -> bool:
+def write_records(plan: Plan, out: Path, complete: bool) -> bool:
     """Write manifest.csv and split.json (unless they already hold the same); True when either changed."""
-    counts = plan.counts() if counts is None else counts
     try:
         manifest = replace_if_changed(out / MANIFEST, manifest_bytes(plan.items))
-        document = split_document(plan.arguments, plan.train_breeds, plan.test_breeds, counts, plan.leaks,
+        document = split_document(plan.arguments, plan.train_breeds, plan.test_breeds, plan.counts(), plan.leaks,
                                   complete)  # fmt: skip
         return replace_if_changed(out / SPLIT_FILE, document) or manifest
     except OSError as err:
