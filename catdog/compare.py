@@ -92,8 +92,9 @@ def compare(
     record = ComparisonRecord(str(data), recipe_dict(config.recipe), describe_device(), VAL_FILES, entries, total)
     record.write(out)
     _write_results(out, data)
-    failed = [e for e in entries if e.status == "failed"]
-    print(f"catdog compare: {len(planned)} run(s) in {format_duration(total)} "
+    selected = [e for e in entries if only is None or e.name in only]
+    failed = [e for e in selected if e.status == "failed"]  # a run not selected now keeps its old status
+    print(f"catdog compare: {len(selected)} run(s) in {format_duration(total)} "
           f"(total {total:.1f} s); {len(failed)} failed; report: {out / 'results.md'}")  # fmt: skip
     for entry in failed:
         print(f"  failed: {entry.name}: {entry.reason} (log: {out / entry.log if entry.log else '-'})", file=sys.stderr)

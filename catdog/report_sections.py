@@ -196,8 +196,12 @@ def _setup_section(found: Collected, record: ComparisonRecord | None) -> tuple[s
             f"- recipe: {recipe}",
             f"- device: {record.device}",
         ]
+        run_seconds = [e.seconds for e in record.runs if e.seconds is not None]
+        if run_seconds:
+            lines.append(f"- time of all runs (sum of the run times): {format_duration(sum(run_seconds))}")
         if record.total_seconds is not None:
-            lines.append(f"- total time of the comparison: {format_duration(record.total_seconds)}")
+            lines.append(f"- last `catdog compare` call: {format_duration(record.total_seconds)} (runs found complete "
+                         "are not rerun)")  # fmt: skip
         overrides = [e for e in record.runs if e.overrides]
         for entry in overrides:
             lines.append(f"- overrides of {entry.name}: " + ", ".join(f"{k} {v}" for k, v in entry.overrides.items()))

@@ -351,6 +351,7 @@ def test_comparison_record_adds_setup_times_and_missing_runs(
     missing = {row["run"]: row for row in _markdown_rows(text.split("## Runs without results", 1)[1])}
     assert missing["keras/effnetv2b2_imagenet"]["reason"] == "no ImageNet weights file: set weights.keras in the config"
     assert missing["broken"]["status"] == "failed" and missing["broken"]["log"] == "broken/run.log"
-    assert "image_size 32, epochs 1, seed 42" in text and "CPU: test" in text and "2 min 05 s" in text
+    assert "image_size 32, epochs 1, seed 42" in text and "CPU: test" in text and "call: 2 min 05 s" in text
+    assert "time of all runs (sum of the run times): 1 min 01 s" in text
     assert "## Per-breed errors" in text and "results-breeds.png" in text
     assert f"torch {metadata.version('torch')}" in text and f"timm {metadata.version('timm')}" in text
