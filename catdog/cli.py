@@ -71,7 +71,9 @@ def _missing_package_message(module: str) -> str:
         extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
         if dist and extra and dist.group(0).lower().replace("_", "-") == wanted and extra.group(1) not in extras:
             extras.append(extra.group(1))
-    hint = " or ".join(f"pip install 'catdog[{extra}]'" for extra in extras) or "pip install 'catdog[all]'"
+    if not extras:
+        return f"this command needs the package {top!r}, which is not installed: pip install {wanted}"
+    hint = " or ".join(f"pip install 'catdog[{extra}]'" for extra in extras)
     return f"this command needs the package {top!r}, which is not installed. Install the extra it belongs to: {hint}."
 
 
@@ -91,14 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name in _PASS_NAME:
         rest = [name, *rest]
     try:
-        command = _resolve(COMMANDS[name][0])
+        status = _resolve(COMMANDS[name][0])(rest)
     except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] == "catdog":
+        # A command imports its packages when it is resolved or later, when it runs: both name the extra.
+        if not err.name or err.name.split(".")[0] == "catdog":
             raise
-        print(f"catdog {name}: error: {_missing_package_message(err.name or '?')}", file=sys.stderr)
+        print(f"catdog {name}: error: {_missing_package_message(err.name)}", file=sys.stderr)
         return 2
-    try:
-        status = command(rest)
     except CatDogError as err:
         print(f"catdog {name}: error: {err}", file=sys.stderr)
         return 2

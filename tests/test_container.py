@@ -377,6 +377,37 @@ def test_serve_extra_alone_serves_without_torch_or_pandas(
     assert proc.returncode == 0, output[-3000:]
 
 
+def test_base_install_generates_data_and_names_the_serve_extra(tmp_path: Path) -> None:
+    """The base install (numpy + Pillow) runs ``catdog sample-data``; ``catdog serve`` names catdog[serve]."""
+    site = make_site(None, tmp_path / "site")
+    out = tmp_path / "kaggle"
+    made = subprocess.run(
+        restricted_python(
+            site, "sample-data", "--out", str(out), "--cats", "4", "--breeds", "2", "--dogs-per-breed", "2"
+        ),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert len(list(out.rglob("cat.*.jpg"))) == 4
+    probe = "import catdog.transforms, catdog.metrics, catdog.splits, catdog.utils, sys; print(sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    served = subprocess.run(
+        restricted_python(site, "serve", "--help"), capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert served.returncode == 2, served.stdout + served.stderr
+    assert "pip install 'catdog[serve]'" in served.stderr, served.stderr
+
+
 # --------------------------------------------------------------------------------------------------
 # the real thing: build and run with podman
 # --------------------------------------------------------------------------------------------------
