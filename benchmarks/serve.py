@@ -18,7 +18,9 @@ In one run:
     caller sees it; the thread counts of both sides are printed.
 
 The clients run on the same machine as the server, so on a small machine they take CPU from it: the
-ratios printed at the end are the figures that count, always measured in the same run. Goals:
+ratios printed at the end are the figures that count, always measured in the same run. On a machine busy
+with other programs the server's processes win a larger CPU share than the one benchmark process, which
+flatters the served side: read the ratios from an idle machine (the load average is printed). Goals:
 served >= 0.9x in-process at 8 clients (same concurrency, same batching); single-client p50 within
 10 ms of the in-process single-client p50; onnxruntime >= 1.3x torch eager at batch 1.
 """
