@@ -2,7 +2,8 @@
 
 Every loader yields ``(images, labels)``: a float32 tensor of shape (N, 3, size, size) normalised
 with the model's mean/std, and int64 labels in :data:`catdog.CLASSES` order (0 = cat, 1 = dog).
-Validation is carved out of ``train/`` (stratified, seeded); ``test/`` is the test set; ``predict``
+Validation is carved out of ``train/`` by :func:`catdog.splits.split_train` (stratified and seeded, or a
+file list: ``val_files``); ``test/`` is the test set; ``predict``
 reads ``predict_dir`` (default ``test/``). Training images go through the albumentations pipeline of
 :func:`catdog.transforms.train_augmentation`; everything else through the one
 :func:`catdog.transforms.eval_transform`.
@@ -24,56 +25,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from catdog import CLASSES, CatDogError
+from catdog.splits import labelled_images, list_images, split_train
 from catdog.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_MODEL = "tf_efficientnetv2_b2"
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted for a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def labelled_images(split_dir: Path) -> tuple[list[Path], list[int]]:
-    """``split_dir/{cat,dog}/*`` as (paths, labels); raises :class:`CatDogError` naming what is missing."""
-    paths: list[Path] = []
-    labels: list[int] = []
-    for index, name in enumerate(CLASSES):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
-            raise CatDogError(
-                f"{class_dir}: folder not found; data.data_dir must hold train/{{cat,dog}} and test/{{cat,dog}} "
-                "as written by `catdog fuse`"
-            )
-        found = list_images(class_dir)
-        if not found:
-            raise CatDogError(f"{class_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-        paths += found
-        labels += [index] * len(found)
-    return paths, labels
-
-
-def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, val): ``val_fraction`` of every class goes to validation, chosen with ``seed``."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise CatDogError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    labels_array = np.asarray(labels)
-    train: list[int] = []
-    val: list[int] = []
-    for cls in np.unique(labels_array):
-        members = np.flatnonzero(labels_array == cls)
-        members = members[rng.permutation(len(members))]
-        n_val = int(round(len(members) * val_fraction))
-        if val_fraction > 0 and len(members) > 1:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        val += members[:n_val].tolist()
-        train += members[n_val:].tolist()
-    return sorted(train), sorted(val)
 
 
 class ImageDataset(Dataset):
@@ -94,17 +52,19 @@ class ImageDataset(Dataset):
         self.config = config
         self.augment = augment
         self.max_pixels = max_pixels
-        self._seeded_in: tuple[int, int] | None = None
+        self._seeded_in: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _seed_augment(self) -> None:
-        """Seed albumentations once per process/worker from torch's seed (reproducible under seed_everything)."""
+        """Seed albumentations from torch's seed: once per worker, and again whenever the main process is reseeded
+        (:class:`catdog.callbacks.EpochSeeds` reseeds every epoch, so a resumed fit augments as an uninterrupted one).
+        """
         info = torch.utils.data.get_worker_info()
-        key = (os.getpid(), info.id if info is not None else -1)
+        seed = (info.seed if info is not None else torch.initial_seed()) % (2**32)
+        key = (os.getpid(), info.id if info is not None else -1, seed)
         if self._seeded_in != key:
-            seed = (info.seed if info is not None else torch.initial_seed()) % (2**32)
             self.augment.set_random_seed(int(seed))  # type: ignore[union-attr]
             self._seeded_in = key
 
@@ -118,12 +78,6 @@ class ImageDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.labels[index]
 
 
-def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.stack([item[0] for item in batch])
-    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
-    return images, labels
-
-
 class CatDogDataModule(pl.LightningDataModule):
     """Train/val/test/predict loaders over a fused dataset.
 
@@ -132,6 +86,9 @@ class CatDogDataModule(pl.LightningDataModule):
         image_size: input size in pixels (the CLI links it to ``model.image_size``).
         batch_size: images per batch (per device).
         val_fraction: part of each class of ``train/`` held out for validation (stratified, seeded).
+        val_files: a validation file list (one path per line relative to ``data_dir``, e.g.
+            ``train/cat/cat.12.jpg``; see :mod:`catdog.splits`): exactly those images validate, and
+            ``val_fraction``/``seed`` are not used.
         num_workers: loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory (useful with a GPU).
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
@@ -151,6 +108,7 @@ class CatDogDataModule(pl.LightningDataModule):
         image_size: int = 224,
         batch_size: int = 32,
         val_fraction: float = 0.15,
+        val_files: str | os.PathLike[str] | None = None,
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -171,6 +129,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.val_fraction = val_fraction
+        self.val_files = val_files
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -205,17 +164,10 @@ class CatDogDataModule(pl.LightningDataModule):
         self._check_data_dir()
         config = self.preprocess_config
         if stage in (None, "fit", "validate") and self.train_set is None:
-            paths, labels = labelled_images(self.data_dir / "train")
-            train_idx, val_idx = stratified_split(labels, self.val_fraction, self.seed)
-            if not val_idx:
-                raise CatDogError(f"data.val_fraction {self.val_fraction} leaves no validation images")
+            split = split_train(self.data_dir, self.val_fraction, self.seed, self.val_files)
             augment = train_augmentation(config, scale=self.augment_scale)  # type: ignore[arg-type]
-            self.train_set = ImageDataset(
-                [paths[i] for i in train_idx], [labels[i] for i in train_idx], config, augment, self.max_pixels
-            )
-            self.val_set = ImageDataset(
-                [paths[i] for i in val_idx], [labels[i] for i in val_idx], config, None, self.max_pixels
-            )
+            self.train_set = ImageDataset(split.train_paths, split.train_labels, config, augment, self.max_pixels)
+            self.val_set = ImageDataset(split.val_paths, split.val_labels, config, None, self.max_pixels)
         if stage in (None, "test") and self.test_set is None:
             paths, labels = labelled_images(self.data_dir / "test")
             self.test_set = ImageDataset(paths, labels, config, None, self.max_pixels)
@@ -242,7 +194,7 @@ class CatDogDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            collate_fn=_collate,
+            collate_fn=default_collate,
             drop_last=stage == "fit",  # a last training batch of one image breaks train-mode BatchNorm
         )
 

@@ -4,10 +4,13 @@
   (``pretrained_file``) or the hub cache, never from the network.
 * :func:`preprocess_config_for` turns timm's data config (mean, std, interpolation, crop) into the
   :class:`~catdog.transforms.PreprocessConfig` shared by training, export and serving.
-* :class:`CatDogClassifier` trains it: cross-entropy with optional label smoothing, AdamW with a linear
-  warm-up then cosine decay, optional backbone freeze for the first epochs, torchmetrics accuracy / F1 /
-  AUROC (validation and test) and a confusion matrix at test. At the end of ``test`` it writes
-  ``<trainer.default_root_dir>/metrics.json`` (see :mod:`catdog.metrics`).
+* The BatchNorm policy, shared by every torch trainer: :func:`set_bn_momentum` (one momentum on every
+  layer) and :func:`recalibrate_batchnorm` (running statistics re-estimated on training batches before
+  the validations of a short run; see :class:`CatDogClassifier`).
+* :class:`CatDogClassifier` trains it: :func:`build_loss` (cross-entropy with optional label smoothing),
+  :func:`build_optimizer` (AdamW, linear warm-up then cosine decay), optional backbone freeze for the first
+  epochs, torchmetrics accuracy / F1 / AUROC logged during training. The reported test numbers come from
+  the saved predictions (:class:`catdog.callbacks.RunRecorder`).
 * :func:`load_classifier` reads a checkpoint back for export (CPU, eval mode).
 """
 
@@ -17,7 +20,6 @@ import itertools
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,9 @@ import lightning.pytorch as pl
 import torch
 import torchmetrics
 from torch import nn
-from torch.nn import functional as F
 
 from catdog import CLASSES, CatDogError
-from catdog.metrics import RunMetrics, score, write_metrics
+from catdog.metrics import score
 from catdog.transforms import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,11 @@ def binary_metrics() -> torchmetrics.MetricCollection:
     )
 
 
+def build_loss(label_smoothing: float = 0.1) -> nn.CrossEntropyLoss:
+    """The training loss: cross-entropy with ``label_smoothing`` (validation and test use plain cross-entropy)."""
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
 def build_optimizer(
     network: nn.Module,
     lr: float,
@@ -355,11 +361,11 @@ class CatDogClassifier(pl.LightningModule):
         pretrained: bool = False,
         pretrained_file: str | None = None,
         image_size: int = 224,
-        lr: float = 1e-3,
+        lr: float = 2e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.01,
-        label_smoothing: float = 0.0,
+        label_smoothing: float = 0.1,
         freeze_backbone_epochs: int = 0,
         drop_rate: float = 0.2,
         bn_momentum: float = DEFAULT_BN_MOMENTUM,
@@ -382,15 +388,11 @@ class CatDogClassifier(pl.LightningModule):
         )
         self.preprocess_config = preprocess_config_for(self.network, image_size)
         self.example_input_array = torch.zeros(1, 3, image_size, image_size)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.criterion = build_loss(label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss()  # val_loss / test_loss: plain cross-entropy
         self.train_acc = torchmetrics.classification.BinaryAccuracy()
         self.val_metrics = binary_metrics().clone(prefix="val_")
         self.test_metrics = binary_metrics().clone(prefix="test_")
-        self.test_confusion = torchmetrics.classification.BinaryConfusionMatrix()
-        self.epochs_trained = 0
-        self.train_seconds = 0.0
-        self._fit_started: float | None = None
-        self._seconds_before_fit = 0.0
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -403,8 +405,6 @@ class CatDogClassifier(pl.LightningModule):
 
     # training -------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self._fit_started = time.perf_counter()
-        self._seconds_before_fit = self.train_seconds
         if self.global_rank == 0:
             total, trainable = count_parameters(self.network), count_parameters(self.network, trainable_only=True)
             print(
@@ -426,18 +426,10 @@ class CatDogClassifier(pl.LightningModule):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        self.epochs_trained = self.current_epoch + 1
-        self._update_train_seconds()
-
-    def _update_train_seconds(self) -> None:
-        if self._fit_started is not None:
-            self.train_seconds = self._seconds_before_fit + time.perf_counter() - self._fit_started
-
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         images, targets = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, targets)
+        loss = self.eval_criterion(logits, targets)
         dog_prob = logits.softmax(dim=1)[:, 1]
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(dog_prob, targets)
@@ -445,9 +437,7 @@ class CatDogClassifier(pl.LightningModule):
             self._val_outputs.append((dog_prob.detach().float().cpu(), targets.detach().cpu()))
         self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, batch_size=len(targets), sync_dist=True)
         self.log_dict(metrics, prog_bar=stage == "val", on_epoch=True, batch_size=len(targets))
-        if stage == "test":
-            self.test_confusion.update(dog_prob, targets)
-        return loss
+        return {"loss": loss, "p_dog": dog_prob}
 
     def on_validation_start(self) -> None:
         """Re-estimate the BatchNorm statistics on training batches while few steps have run (fit only)."""
@@ -474,10 +464,11 @@ class CatDogClassifier(pl.LightningModule):
         if warning:
             log.warning("epoch %d validation: %s", self.current_epoch, warning)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss and P(dog) of a test batch (:class:`catdog.callbacks.RunRecorder` writes the predictions)."""
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -485,45 +476,12 @@ class CatDogClassifier(pl.LightningModule):
         probs = self(images).softmax(dim=1)
         return {"probs": probs, "pred": probs.argmax(dim=1), "target": targets}
 
-    def on_test_epoch_end(self) -> None:
-        results = self.test_metrics.compute()
-        matrix = self.test_confusion.compute().cpu().tolist()
-        self.test_confusion.reset()
-        if self._trainer is None or not self.trainer.is_global_zero:
-            return
-        ckpt_path = getattr(self.trainer, "ckpt_path", None)
-        metrics = RunMetrics(
-            model=self.hparams.model_name,
-            framework="lightning",
-            pretrained=self.pretrained,
-            accuracy=float(results["test_acc"]),
-            f1=float(results["test_f1"]),
-            auroc=float(results["test_auroc"]),
-            confusion_matrix=[[int(v) for v in row] for row in matrix],
-            num_params=count_parameters(self.network),
-            epochs=int(self.epochs_trained),
-            train_seconds=round(float(self.train_seconds), 3),
-            checkpoint=str(Path(ckpt_path).resolve()) if ckpt_path else None,
-        )
-        path = write_metrics(metrics, self.trainer.default_root_dir)
-        print(f"metrics written to {path}")
-
     # checkpoint bookkeeping ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._update_train_seconds()
-        if self._trainer is not None and self.trainer.training:  # epochs trained so far, this one included
-            self.epochs_trained = self.trainer.fit_loop.epoch_progress.current.processed
         checkpoint["catdog"] = {
-            "epochs_trained": self.epochs_trained,
-            "train_seconds": self.train_seconds,
             "classes": list(CLASSES),
             "preprocess": self.preprocess_config.as_dict(),
         }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        info = checkpoint.get("catdog", {})
-        self.epochs_trained = int(info.get("epochs_trained", checkpoint.get("epoch", -1) + 1))
-        self.train_seconds = float(info.get("train_seconds", 0.0))
 
     # optimisation ---------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@ and :class:`~catdog.data.CatDogDataModule`.
 
 Typical use::
 
-    catdog fit  -c configs/scratch.yaml            # or configs/pretrained.yaml (+ --model.pretrained_file W)
+    catdog fit  -c configs/scratch.yaml            # + -c configs/pretrained.yaml --model.pretrained_file W
     catdog test -c configs/scratch.yaml --ckpt_path best     # best | last | PATH; default best
     catdog fit  -c configs/scratch.yaml --ckpt_path last     # resume: the epoch count continues
     catdog fit  -c configs/scratch.yaml -c configs/trainer/ddp.yaml   # DDP (GPUs, nodes) through Lightning
@@ -12,11 +12,13 @@ Typical use::
 Everything a run writes lives under its **run dir**, ``trainer.default_root_dir`` (``runs/scratch`` and
 ``runs/pretrained`` in the shipped configs):
 
-* ``<run dir>/checkpoints/best.ckpt`` (lowest ``val_loss``) and ``<run dir>/checkpoints/last.ckpt``
-  (overwritten, never versioned); any ModelCheckpoint in the config without a ``dirpath`` gets this one;
-* ``<run dir>/metrics.json`` written by ``test`` (schema :class:`catdog.metrics.RunMetrics`, framework
-  ``lightning``), which ``catdog report`` collects;
-* ``<run dir>/predictions.csv`` written by ``predict``;
+* ``<run dir>/checkpoints/best.ckpt`` (lowest ``val_loss``) and ``<run dir>/checkpoints/last.ckpt`` (the
+  final completed epoch: a second ModelCheckpoint without a monitor, saved every epoch), both overwritten,
+  never versioned; any ModelCheckpoint in the config without a ``dirpath`` gets this folder;
+* ``<run dir>/predictions.csv`` (test split: file relative to the dataset root, label, P(dog)) and
+  ``<run dir>/metrics.json`` computed from it, written by ``test`` (:class:`catdog.callbacks.RunRecorder`;
+  schema :class:`catdog.metrics.RunMetrics`, framework ``lightning``), which ``catdog report`` collects;
+* ``<run dir>/predict.csv`` written by ``predict`` (:class:`catdog.callbacks.PredictionWriter`);
 * ``<run dir>/lightning_logs/version_N/`` (CSV logs + the resolved ``config.yaml``) and
   ``<run dir>/wandb/`` (offline W&B run; ``WANDB_MODE`` defaults to ``offline``, no key needed): loggers in
   the config with an empty ``save_dir`` get the run dir. Add ``-c configs/logger/csv.yaml`` for CSV only.
@@ -31,17 +33,17 @@ A small run from Python, as ``catdog demo`` does it (paths and numbers are the c
     common = ["-c", "configs/scratch.yaml", "--data.data_dir", "dataset", "--data.image_size", "64",
               "--trainer.default_root_dir", "runs/demo-scratch"]
     main(["fit", *common, "--trainer.max_epochs", "3"])     # -> runs/demo-scratch/checkpoints/{best,last}.ckpt
-    main(["test", *common, "--ckpt_path", "best"])          # -> runs/demo-scratch/metrics.json
+    main(["test", *common, "--ckpt_path", "best"])          # -> runs/demo-scratch/{predictions.csv,metrics.json}
 
 Useful extra overrides: ``--data.batch_size``, ``--data.num_workers``, ``--trainer.limit_train_batches N``,
-``--trainer.accelerator cpu``, ``--model.pretrained_file PATH`` (with ``configs/pretrained.yaml``),
+``--trainer.accelerator cpu``, ``--model.pretrained_file PATH`` (with ``-c configs/pretrained.yaml``),
+``--data.val_files FILE`` (a validation file list, see :mod:`catdog.splits`),
 ``--trainer.precision bf16-mixed``, ``--seed_everything N``. ``data.image_size`` is linked to
 ``model.image_size`` and ``model.model_name`` to ``data.model_name`` (set the first of each pair).
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import warnings
@@ -49,10 +51,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from catdog import CLASSES, DISPLAY_NAMES, CatDogError
+from catdog import CatDogError
 from catdog.data import CatDogDataModule
 from catdog.model import CatDogClassifier
 
@@ -60,48 +61,11 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CHECKPOINT_DIRNAME = "checkpoints"
 BEST_NAME, LAST_NAME = "best", "last"
 DEFAULT_RUN_DIR = "runs/default"
-#: The shipped configs (in a source checkout or editable install): CONFIG_DIR / "scratch.yaml", ...
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
     """Where ``fit`` writes ``best.ckpt`` and ``last.ckpt`` for a run dir."""
     return Path(run_dir) / CHECKPOINT_DIRNAME
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Writes ``<run dir>/predictions.csv`` (path, label, prediction, P(cat), P(dog)) at the end of predict."""
-
-    def __init__(self, filename: str = "predictions.csv") -> None:
-        super().__init__(write_interval="epoch")
-        self.filename = filename
-
-    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
-        if not trainer.is_global_zero or not predictions:
-            return
-        loader = trainer.predict_dataloaders
-        dataset = (loader[0] if isinstance(loader, list | tuple) else loader).dataset
-        indices = [i for batch in (batch_indices[0] if batch_indices else []) for i in batch]
-        probs = [row for out in predictions for row in out["probs"].tolist()]
-        if len(indices) != len(probs):  # no sampler indices recorded: loader order
-            indices = list(range(len(probs)))
-        path = Path(trainer.default_root_dir) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "prediction", "p_cat", "p_dog"])
-            for index, (p_cat, p_dog) in zip(indices, probs, strict=True):
-                label = dataset.labels[index]
-                writer.writerow(
-                    [
-                        dataset.paths[index],
-                        CLASSES[label] if label >= 0 else "",
-                        DISPLAY_NAMES[int(p_dog > p_cat)],
-                        f"{p_cat:.6f}",
-                        f"{p_dog:.6f}",
-                    ]
-                )
-        print(f"predictions written to {path}")
 
 
 class CatDogCLI(LightningCLI):

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from catdog import CLASSES, CatDogError
-from catdog.data import CatDogDataModule, stratified_split
+from catdog.data import CatDogDataModule
 from catdog.model import preprocess_config_for
+from catdog.splits import relative_name, stratified_split, write_file_list
 from catdog.transforms import ImageDecodeError, preprocess
 
 SIZE = 32
@@ -100,8 +101,51 @@ def test_worker_processes_load_batches(fused_dataset: Path) -> None:
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers
-    seen = sum(len(labels) for _, labels in loader)
-    assert seen == len(dm.train_set)
+    seen = [len(labels) for _, labels in loader]
+    assert seen == [32] * (len(dm.train_set) // 32)  # the incomplete last training batch is dropped
+
+
+def test_only_the_train_loader_drops_its_incomplete_last_batch(fused_dataset: Path) -> None:
+    dm = _datamodule(fused_dataset, batch_size=7)
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.train_set) % 7 and len(dm.val_set) % 7 and len(dm.test_set) % 7
+    assert sum(len(labels) for _, labels in dm.train_dataloader()) == len(dm.train_set) // 7 * 7
+    assert sum(len(labels) for _, labels in dm.val_dataloader()) == len(dm.val_set)
+    assert sum(len(labels) for _, labels in dm.test_dataloader()) == len(dm.test_set)
+
+
+def test_a_train_split_of_k_batches_plus_one_image_trains(fused_dataset: Path, tmp_path: Path) -> None:
+    """17 training images at batch 8: without drop_last the last batch of one breaks train-mode BatchNorm."""
+    import lightning.pytorch as pl
+
+    from catdog.model import CatDogClassifier
+
+    data = _small_copy(fused_dataset, tmp_path / "dataset", per_class=10)
+    names = sorted(p.relative_to(data).as_posix() for p in (data / "train").rglob("*.jpg"))
+    val_files = write_file_list(names[:3], tmp_path / "val.txt")  # 20 - 3 = 17 = 2 * 8 + 1 to train on
+    dm = _datamodule(data, batch_size=8, val_files=str(val_files))
+    dm.setup("fit")
+    assert len(dm.train_set) == 17
+    assert sorted(relative_name(p, data) for p in dm.val_set.paths) == names[:3]
+    model = CatDogClassifier(image_size=SIZE, bn_recalibration_batches=0)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 2
+
+
+def test_val_files_choose_exactly_the_validation_images(fused_dataset: Path, tmp_path: Path) -> None:
+    names = sorted(p.relative_to(fused_dataset).as_posix() for p in (fused_dataset / "train").rglob("*.jpg"))
+    chosen = names[::5]
+    dm = _datamodule(fused_dataset, val_files=str(write_file_list(chosen, tmp_path / "val.txt")), seed=99)
+    dm.setup("fit")
+    assert sorted(relative_name(p, fused_dataset) for p in dm.val_set.paths) == chosen
+    assert not {relative_name(p, fused_dataset) for p in dm.train_set.paths} & set(chosen)
+    assert len(dm.train_set) + len(dm.val_set) == len(names)
+    (tmp_path / "bad.txt").write_text("train/cat/no-such.jpg\n")
+    with pytest.raises(CatDogError, match="bad.txt"):
+        _datamodule(fused_dataset, val_files=str(tmp_path / "bad.txt")).setup("fit")
 
 
 def test_grayscale_and_rgba_images_become_rgb(fused_dataset: Path, tmp_path: Path) -> None:

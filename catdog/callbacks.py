@@ -1,0 +1,171 @@
+"""Lightning callbacks of ``catdog fit|test|predict``: what a run records, apart from how the model learns.
+
+* :class:`RunRecorder` is Lightning's :class:`~lightning.pytorch.callbacks.Timer` (training time, continued
+  across resumes and saved in every checkpoint) that, at the end of ``test``, writes
+  ``<run dir>/predictions.csv`` (one row per test image: file relative to the dataset root, label, P(dog))
+  and ``<run dir>/metrics.json`` computed from those predictions by :mod:`catdog.metrics`.
+* :class:`EpochSeeds` makes every epoch's randomness depend only on the run seed and the epoch number, so
+  a resumed fit continues exactly as an uninterrupted one.
+* :class:`PredictionWriter` writes ``<run dir>/predict.csv`` at the end of ``predict`` (any folder of images,
+  labels where a ``cat``/``dog`` parent folder says so).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Timer
+
+from catdog import CLASSES, DISPLAY_NAMES, CatDogError
+from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
+from catdog.model import count_parameters
+from catdog.splits import relative_name
+
+
+class RunRecorder(Timer):
+    """Times training and writes the test predictions and the ``metrics.json`` computed from them.
+
+    The training time is Lightning's :class:`Timer` state (``time_elapsed("train")``), so a resumed fit
+    adds to it; the epoch count is the fit loop's own. At ``test`` both are read from the checkpoint
+    under test (``epochs`` 0 and ``train_seconds`` 0.0 when testing a model without a checkpoint).
+    Rows of ``predictions.csv`` follow the test loader's sampler, so each probability is its image's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(duration=None)
+        self._rows: list[tuple[int, float]] = []
+        self._batch_indices: list[list[int]] = []
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows = []
+        self._batch_indices = [list(batch) for batch in _test_loader(trainer).batch_sampler]
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        p_dog = outputs["p_dog"].detach().double().cpu().tolist()
+        indices = self._batch_indices[batch_idx]
+        if len(indices) != len(p_dog):
+            raise RuntimeError(f"test batch {batch_idx}: {len(p_dog)} outputs for {len(indices)} sampled images")
+        self._rows += list(zip(indices, p_dog, strict=True))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows = self._gather(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
+        dataset = _test_loader(trainer).dataset
+        data_dir = trainer.datamodule.data_dir  # type: ignore[attr-defined]
+        by_index = dict(rows)  # DistributedSampler pads with repeated images: keep one row each
+        order = sorted(by_index)
+        if order != list(range(len(dataset))):
+            raise CatDogError(f"test predictions cover {len(order)} of the {len(dataset)} test images")
+        path = write_predictions(
+            [relative_name(dataset.paths[i], data_dir) for i in order],
+            [dataset.labels[i] for i in order],
+            [by_index[i] for i in order],
+            trainer.default_root_dir,
+        )
+        ckpt_path = getattr(trainer, "ckpt_path", None)
+        epochs, seconds = _training_record(ckpt_path, self.state_key)
+        metrics = run_metrics_from_predictions(
+            path,
+            model=pl_module.hparams.model_name,
+            framework="lightning",
+            pretrained=bool(pl_module.hparams.pretrained or pl_module.hparams.pretrained_file),
+            num_params=count_parameters(pl_module.network),
+            epochs=epochs,
+            train_seconds=round(seconds, 3),
+            checkpoint=str(Path(ckpt_path).resolve()) if ckpt_path else None,
+        )
+        print(f"predictions written to {path}; metrics written to {write_metrics(metrics, trainer.default_root_dir)}")
+
+    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, float]]:
+        """Every process's (index, P(dog)) rows (all of them on one process)."""
+        if trainer.world_size == 1:
+            return self._rows
+        local = torch.tensor(self._rows, dtype=torch.float64, device=pl_module.device).reshape(-1, 2)
+        gathered = pl_module.all_gather(local).reshape(-1, 2).cpu()  # equal sizes: DistributedSampler pads
+        return [(int(index), float(p)) for index, p in gathered.tolist()]
+
+
+def _test_loader(trainer: pl.Trainer) -> Any:
+    loaders = trainer.test_dataloaders
+    return loaders[0] if isinstance(loaders, list | tuple) else loaders
+
+
+def _training_record(ckpt_path: str | None, state_key: str) -> tuple[int, float]:
+    """(epochs trained, training seconds) recorded in a checkpoint; (0, 0.0) without one."""
+    if not ckpt_path:
+        return 0, 0.0
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    epochs = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    timer = checkpoint.get("callbacks", {}).get(state_key, {})
+    return epochs, float(timer.get("time_elapsed", {}).get("train", 0.0))
+
+
+class EpochSeeds(Callback):
+    """Reseed torch, numpy and ``random`` at the start of every training epoch from (run seed, epoch).
+
+    The data order, augmentation and dropout of an epoch then depend only on the run's seed and the epoch
+    number, so a fit resumed from ``last.ckpt`` trains its next epochs exactly as an uninterrupted fit
+    (Lightning checkpoints hold no random-generator state). The run seed is ``seed``, else the one
+    ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = int(np.random.SeedSequence([base, trainer.current_epoch]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # every device's generator too
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``<run dir>/predict.csv`` (path, label, prediction, P(cat), P(dog)) at the end of predict."""
+
+    def __init__(self, filename: str = "predict.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+        if not trainer.is_global_zero or not predictions:
+            return
+        loader = trainer.predict_dataloaders
+        dataset = (loader[0] if isinstance(loader, list | tuple) else loader).dataset
+        indices = [i for batch in (batch_indices[0] if batch_indices else []) for i in batch]
+        probs = [row for out in predictions for row in out["probs"].tolist()]
+        if len(indices) != len(probs):  # no sampler indices recorded: loader order
+            indices = list(range(len(probs)))
+        path = Path(trainer.default_root_dir) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "prediction", "p_cat", "p_dog"])
+            for index, (p_cat, p_dog) in zip(indices, probs, strict=True):
+                label = dataset.labels[index]
+                writer.writerow(
+                    [
+                        dataset.paths[index],
+                        CLASSES[label] if label >= 0 else "",
+                        DISPLAY_NAMES[int(p_dog > p_cat)],
+                        f"{p_cat:.6f}",
+                        f"{p_dog:.6f}",
+                    ]
+                )
+        print(f"predictions written to {path}")
