@@ -143,7 +143,7 @@ def test_killed_worker_is_replaced_under_load(
     for _, _, response in scratch:
         if response.status_code != 200:
             _assert_json_error(response, {"timeout", "worker_restarted"})
-    frozen = [r for sent, _, r in scratch if times["stopped"] + 0.2 < sent < times["killed"] - TIMEOUT - 0.2]
+    frozen = [r for sent, answered, r in scratch if sent > times["stopped"] and answered < times["killed"]]
     assert frozen and all(r.status_code == 504 for r in frozen), "requests to the frozen worker were not timed out"
     back = [answered for sent, answered, r in scratch if sent > times["killed"] and r.status_code == 200]
     assert back and min(back) - times["killed"] <= 15, "the killed model did not answer 200 again within 15 s"
