@@ -8,6 +8,7 @@ one under ``--runs``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -108,6 +109,35 @@ def read_record(path: str | os.PathLike[str]) -> ComparisonRecord:
         return ComparisonRecord(**data, runs=runs)
     except (OSError, json.JSONDecodeError, TypeError, AttributeError) as err:
         raise CatDogError(f"{path}: not a comparison record written by `catdog compare` ({err})") from err
+
+
+def recorded_data_dir(run_folders: list[Path]) -> Path | None:
+    """The dataset a run was trained on, as its own config records it (Keras ``run.json``, Poutyne
+    ``config.yaml``, Lightning ``lightning_logs/version_*/config.yaml``): the first that holds a manifest."""
+    for folder in run_folders:
+        candidates: list[Any] = []
+        if (folder / "run.json").is_file():
+            with contextlib.suppress(ValueError, AttributeError):
+                candidates.append(json.loads((folder / "run.json").read_text()).get("config", {}).get("data"))
+        for config in [folder / "config.yaml", *sorted(folder.glob("lightning_logs/version_*/config.yaml"))]:
+            if config.is_file():
+                candidates.append(_yaml_data_dir(config))
+        for candidate in candidates:
+            if isinstance(candidate, str) and (Path(candidate) / MANIFEST).is_file():
+                return Path(candidate)
+    return None
+
+
+def _yaml_data_dir(config: Path) -> str | None:
+    """``data.data_dir`` of a resolved trainer config; None without PyYAML (the torch trainers install it)."""
+    try:
+        import yaml
+    except ModuleNotFoundError:
+        return None
+    try:
+        return (yaml.safe_load(config.read_text()).get("data") or {}).get("data_dir")
+    except (yaml.YAMLError, AttributeError):
+        return None
 
 
 # -- breeds and mistakes --------------------------------------------------------------------------

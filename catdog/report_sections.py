@@ -21,6 +21,7 @@ from catdog.report_data import (
     describe_device,
     most_called_cat,
     package_versions,
+    recorded_data_dir,
     worst_mistakes,
 )
 from catdog.report_plots import plot_accuracy, plot_breeds, plot_confusion, plot_mistakes, plot_reliability
@@ -49,6 +50,8 @@ def write_report(found: Collected, out: Path, data_dir: str | os.PathLike[str] |
     record = found.records[0][1] if found.records else None
     if data_dir is None and record is not None:
         data_dir = record.data
+    if data_dir is None:
+        data_dir = recorded_data_dir([run.folder for run in found.runs])
     table = results_table(found.runs)
     markdown = to_markdown(table)
     prefix = out.parent / out.stem

@@ -355,3 +355,21 @@ def test_comparison_record_adds_setup_times_and_missing_runs(
     assert "time of all runs (sum of the run times): 1 min 01 s" in text
     assert "## Per-breed errors" in text and "results-breeds.png" in text
     assert f"torch {metadata.version('torch')}" in text and f"timm {metadata.version('timm')}" in text
+
+
+@pytest.mark.parametrize("recorder", ["keras", "lightning"])
+def test_the_dataset_is_found_in_a_runs_own_config(
+    predicted_runs: tuple[Path, str], fused_dataset: Path, tmp_path: Path, recorder: str
+) -> None:
+    runs, hard_breed = predicted_runs
+    if recorder == "keras":
+        (runs / "keras/custom_cnn/run.json").write_text(json.dumps({"config": {"data": str(fused_dataset)}}))
+    else:
+        config = runs / "lightning-scratch/lightning_logs/version_0/config.yaml"
+        config.parent.mkdir(parents=True)
+        config.write_text(f"data:\n  data_dir: {fused_dataset}\n  image_size: 32\n")
+    out = tmp_path / "results.md"
+    assert catdog(["report", "--runs", str(runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Pass `--data DATASET`" not in text
+    assert f"Breeds most often called Cat: {hard_breed} (" in text and (tmp_path / "results-breeds.png").is_file()
