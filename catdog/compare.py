@@ -168,10 +168,11 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
     print(f"{tag}: started ({run.spec.trainer}; log {log})", flush=True)
     start = time.perf_counter()
     with log.open("w") as handle:
+        watch = EpochWatch(run, log)
         for shown, command in _processes(run.commands):
             handle.write("".join(f"$ {' '.join(line)}\n" for line in shown))
             handle.flush()
-            status = _run_command(command, handle, log, tag, start, run.spec.trainer)
+            status = _run_command(command, handle, log, tag, start, watch)
             if status != 0:
                 seconds = time.perf_counter() - start
                 what = " then ".join(" ".join(line[1:4]) for line in shown)
@@ -199,7 +200,7 @@ def _processes(commands: list[list[str]]) -> list[tuple[list[list[str]], list[st
     return [([command], command) for command in commands]
 
 
-def _run_command(command: list[str], handle, log: Path, tag: str, start: float, trainer: str) -> int:
+def _run_command(command: list[str], handle, log: Path, tag: str, start: float, watch: EpochWatch) -> int:
     """Run one command, its output appended to ``log``; print a line when the epoch changes or every 30 s."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("WANDB_MODE", "offline")
@@ -209,17 +210,43 @@ def _run_command(command: list[str], handle, log: Path, tag: str, start: float, 
     try:
         while process.poll() is None:
             time.sleep(1.0)
-            epoch = _current_epoch(log, trainer)
+            epoch = watch()
             now = time.perf_counter()
             if epoch != shown or now - last_print >= _PROGRESS_EVERY:
-                where = f", epoch {epoch}" if epoch else ""
-                print(f"{tag}: {format_duration(now - start)}{where}", flush=True)
+                print(f"{tag}: {format_duration(now - start)}{f', {epoch}' if epoch else ''}", flush=True)
                 shown, last_print = epoch, now
     except BaseException:
         process.terminate()
         process.wait()
         raise
     return process.returncode
+
+
+class EpochWatch:
+    """Where a run is, from what its trainer writes as it goes: Keras' ``history.csv`` (a row per epoch),
+    Lightning's ``checkpoints/last.ckpt`` (saved at every epoch end; its progress bar reaches a file only at
+    the end), Poutyne's progress lines in the log."""
+
+    def __init__(self, run: PlannedRun, log: Path) -> None:
+        self.run, self.log = run, log
+        self._last_ckpt = run.run_dir / "checkpoints" / "last.ckpt"
+        self._mtime = self._last_ckpt.stat().st_mtime_ns if self._last_ckpt.is_file() else None
+        self._saved = 0
+
+    def __call__(self) -> str | None:
+        epochs = self.run.recipe.epochs
+        if self.run.spec.trainer == "keras":
+            history = self.run.run_dir / "history.csv"
+            done = max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
+        elif self.run.spec.trainer == "lightning":
+            mtime = self._last_ckpt.stat().st_mtime_ns if self._last_ckpt.is_file() else None
+            if mtime != self._mtime:
+                self._mtime, self._saved = mtime, self._saved + 1
+            done = self._saved
+        else:
+            epoch = _current_epoch(self.log, self.run.spec.trainer)
+            return f"epoch {epoch}" if epoch else None
+        return f"{done}/{epochs} epoch(s) done" if done else None
 
 
 def _current_epoch(log: Path, trainer: str) -> str | None:

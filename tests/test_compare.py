@@ -229,3 +229,26 @@ def test_progress_reads_the_epoch_from_the_log(tmp_path: Path, trainer: str, log
     path = tmp_path / "run.log"
     path.write_text(log)
     assert _current_epoch(path, trainer) == expected
+
+
+def test_progress_counts_keras_history_rows_and_lightning_checkpoint_saves(tmp_path: Path) -> None:
+    from catdog.compare import EpochWatch
+    from catdog.compare_plan import PlannedRun, Recipe, RunSpec
+
+    log = tmp_path / "run.log"
+    log.write_text("")
+    keras_run = PlannedRun(RunSpec("k", "keras", "vgg16"), Recipe(epochs=4), tmp_path / "k", [])
+    watch = EpochWatch(keras_run, log)
+    assert watch() is None
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "history.csv").write_text("epoch,loss\n0,0.7\n1,0.6\n")
+    assert watch() == "2/4 epoch(s) done"
+    lightning_run = PlannedRun(RunSpec("l", "lightning"), Recipe(epochs=3), tmp_path / "l", [])
+    watch = EpochWatch(lightning_run, log)
+    last = tmp_path / "l" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    for saves in (1, 2):
+        last.write_bytes(b"x")
+        os.utime(last, ns=(saves * 10**9, saves * 10**9))
+        assert watch() == f"{saves}/3 epoch(s) done"
+    assert watch() == "2/3 epoch(s) done"  # no new save, no new epoch
