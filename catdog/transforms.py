@@ -85,6 +85,8 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise CatDogError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise CatDogError(f"mean and std need 3 values (RGB), std > 0; got mean {self.mean}, std {self.std}")
         if not 0.0 < self.crop_pct <= 1.0:
             raise CatDogError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.interpolation not in _RESAMPLE:
@@ -126,7 +128,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> PreprocessConfig:
-        """Inverse of :meth:`to_metadata` (older files without ``crop_mode``/``crop_pct`` get timm's defaults).
+        """Inverse of :meth:`to_metadata`; files written before ``crop_mode`` was recorded get ``center``.
 
         Raises :class:`CatDogError` naming a missing key or a malformed value.
         """
@@ -145,6 +147,7 @@ class PreprocessConfig:
             raise CatDogError(f"preprocessing metadata is malformed: {err}") from err
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (for checkpoints' hyperparameters)."""
         return asdict(self)
 
 

@@ -114,6 +114,8 @@ def test_config_round_trips_through_metadata() -> None:
         PreprocessConfig.from_metadata({k: v for k, v in meta.items() if k != "image_size"})
     with pytest.raises(CatDogError, match="crop_mode"):
         PreprocessConfig.from_metadata({**meta, "crop_mode": "zoom"})
+    with pytest.raises(CatDogError, match="mean and std need 3 values"):
+        PreprocessConfig.from_metadata({**meta, "mean": "[0.5, 0.5]"})
 
 
 def test_metadata_of_older_exports_still_loads() -> None:
