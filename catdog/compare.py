@@ -162,7 +162,8 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
         old = previous.entry(run.spec.name) if previous else None
         print(f"{tag}: complete, not rerun (--force reruns it)")
         return _entry(run, out, "complete", seconds=old.seconds if old else None)
-    (run.run_dir / DONE_FILE).unlink(missing_ok=True)
+    for stale in (DONE_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME):  # a failed rerun must not leave old results
+        (run.run_dir / stale).unlink(missing_ok=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     log = run.run_dir / RUN_LOG
     print(f"{tag}: started ({run.spec.trainer}; log {log})", flush=True)
