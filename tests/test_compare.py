@@ -252,3 +252,21 @@ def test_progress_counts_keras_history_rows_and_lightning_checkpoint_saves(tmp_p
         os.utime(last, ns=(saves * 10**9, saves * 10**9))
         assert watch() == f"{saves}/3 epoch(s) done"
     assert watch() == "2/3 epoch(s) done"  # no new save, no new epoch
+
+
+def test_a_failed_rerun_leaves_no_stale_results(small_dataset: Path, tmp_path: Path) -> None:
+    from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
+
+    broken = {"name": "keras-broken", "trainer": "keras", "model": "custom_cnn", "args": ["--no-such-flag"]}
+    config = _write_config(tmp_path, {"torch": None, "keras": None}, [broken])
+    out = tmp_path / "out"
+    old = write_predictions(["test/cat/a.jpg", "test/dog/b.jpg"], [0, 1], [0.2, 0.9], out / "keras-broken")
+    metrics = run_metrics_from_predictions(
+        old, model="custom_cnn", framework="keras", pretrained=False, num_params=1, epochs=1, train_seconds=1.0
+    )
+    write_metrics(metrics, out / "keras-broken")
+    status = catdog(["compare", "-c", str(config), "--data", str(small_dataset), "--out", str(out),
+                     "--only", "keras-broken"])  # fmt: skip
+    assert status == 1
+    assert not (out / "keras-broken" / "metrics.json").exists() and not old.exists()
+    assert read_record(out / "compare.json").entry("keras-broken").status == "failed"
