@@ -270,3 +270,12 @@ def test_a_failed_rerun_leaves_no_stale_results(small_dataset: Path, tmp_path: P
     assert status == 1
     assert not (out / "keras-broken" / "metrics.json").exists() and not old.exists()
     assert read_record(out / "compare.json").entry("keras-broken").status == "failed"
+
+
+def test_compare_imports_neither_tensorflow_nor_torch() -> None:
+    script = (
+        "import sys; import catdog.compare, catdog.report_sections; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'torch', 'lightning') if m in sys.modules]; "
+        "sys.exit(f'imported {heavy}' if heavy else 0)"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
