@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from litserve.server import _Server as LitServeUvicorn
 
 from catdog import CatDogError
+from catdog.serving import metrics, page
 from catdog.serving.api import OnnxClassifierAPI
 from catdog.serving.http import Deadline, ExpiringBuffer, Limits, error_response, install_error_handlers
 from catdog.serving.models import ServedModel
@@ -131,12 +132,19 @@ def build_server(
 
 
 def callbacks(models: Sequence[ServedModel]) -> list[ls.Callback]:
-    """LitServe callbacks the server is built with (none yet)."""
-    return []
+    """LitServe callbacks the server is built with: batch sizes and inference time for ``/metrics``."""
+    metrics.prepare_multiprocess_dir()  # before any worker process starts
+    return [metrics.InferenceMetrics()]
 
 
 def mount_extras(server: ls.LitServer, models: Sequence[ServedModel]) -> None:
-    """Routes, middleware or state beyond ``/predict/<name>`` and ``/health`` (none yet)."""
+    """Routes and middleware beyond ``/predict/<name>`` and ``/health``: ``GET /metrics`` and the page at ``/``.
+
+    Called after the deadline middleware is added, so the metrics middleware sits outside it (and counts
+    the 503/504 answers it sends).
+    """
+    metrics.mount(server, models)
+    page.mount(server)
 
 
 def model_states(server: ls.LitServer, models: Sequence[ServedModel], workers: int, restarts: RestartCounter) -> dict:
