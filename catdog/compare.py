@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def compare(
     force: bool = False, recipe: list[str] | None = None,
 ) -> int:  # fmt: skip
     """Run the comparison; returns the exit status (1 when a run failed)."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     config = override_recipe(load_config(config_path), recipe or [])
     data = (data or config.data).resolve()
     out = (out or config.out).resolve()
@@ -94,8 +95,9 @@ def compare(
     _write_results(out, data)
     selected = [e for e in entries if only is None or e.name in only]
     failed = [e for e in selected if e.status == "failed"]  # a run not selected now keeps its old status
-    print(f"catdog compare: {len(selected)} run(s) in {format_duration(total)} "
-          f"(total {total:.1f} s); {len(failed)} failed; report: {out / 'results.md'}")  # fmt: skip
+    cpu = _children_cpu_seconds() - cpu_start
+    print(f"catdog compare: {len(selected)} run(s) in {format_duration(total)} (total {total:.1f} s wall, "
+          f"{cpu:.1f} s CPU); {len(failed)} failed; report: {out / 'results.md'}")  # fmt: skip
     for entry in failed:
         print(f"  failed: {entry.name}: {entry.reason} (log: {out / entry.log if entry.log else '-'})", file=sys.stderr)
     return 1 if failed else 0
@@ -119,7 +121,10 @@ def _previous_record(out: Path) -> ComparisonRecord | None:
         return None
 
 
-def _entry(run: PlannedRun, out: Path, status: str, reason: str = "", seconds: float | None = None) -> RunRecord:
+def _entry(
+    run: PlannedRun, out: Path, status: str, reason: str = "", seconds: float | None = None,
+    cpu_seconds: float | None = None,
+) -> RunRecord:  # fmt: skip
     log = run.run_dir / RUN_LOG
     return RunRecord(
         name=run.spec.name,
@@ -129,6 +134,7 @@ def _entry(run: PlannedRun, out: Path, status: str, reason: str = "", seconds: f
         reason=reason,
         log=log.relative_to(out).as_posix() if log.is_file() else None,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         overrides={**run.spec.overrides, **({"args": " ".join(run.spec.args)} if run.spec.args else {})},
         command=[" ".join(command[1:]) for command in run.commands],
     )
@@ -161,13 +167,14 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
     if not force and is_complete(run, val_files):
         old = previous.entry(run.spec.name) if previous else None
         print(f"{tag}: complete, not rerun (--force reruns it)")
-        return _entry(run, out, "complete", seconds=old.seconds if old else None)
+        return _entry(run, out, "complete", seconds=old.seconds if old else None,
+                      cpu_seconds=old.cpu_seconds if old else None)  # fmt: skip
     for stale in (DONE_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME):  # a failed rerun must not leave old results
         (run.run_dir / stale).unlink(missing_ok=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     log = run.run_dir / RUN_LOG
     print(f"{tag}: started ({run.spec.trainer}; log {log})", flush=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     with log.open("w") as handle:
         watch = EpochWatch(run, log)
         for shown, command in _processes(run.commands):
@@ -175,20 +182,27 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
             handle.flush()
             status = _run_command(command, handle, log, tag, start, watch)
             if status != 0:
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
                 what = " then ".join(" ".join(line[1:4]) for line in shown)
                 reason = f"exit status {status} from `{what}`: {_last_line(log)}"
                 print(f"{tag}: FAILED after {format_duration(seconds)}: {reason} (log {log})", flush=True)
-                return _entry(run, out, "failed", reason, seconds)
-    seconds = time.perf_counter() - start
+                return _entry(run, out, "failed", reason, seconds, cpu)
+    seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
     if not (run.run_dir / METRICS_FILENAME).is_file() or not (run.run_dir / PREDICTIONS_FILENAME).is_file():
         reason = f"finished without {METRICS_FILENAME} and {PREDICTIONS_FILENAME} in {run.run_dir}"
         print(f"{tag}: FAILED: {reason}", flush=True)
-        return _entry(run, out, "failed", reason, seconds)
+        return _entry(run, out, "failed", reason, seconds, cpu)
     (run.run_dir / DONE_FILE).write_text(json.dumps(_fingerprint(run, val_files), indent=2) + "\n")
     accuracy = read_predictions(run.run_dir / PREDICTIONS_FILENAME).score().accuracy
-    print(f"{tag}: done in {format_duration(seconds)} (test accuracy {accuracy:.4f})", flush=True)
-    return _entry(run, out, "done", seconds=seconds)
+    print(f"{tag}: done in {format_duration(seconds)}, CPU time {format_duration(cpu)} (test accuracy {accuracy:.4f})",
+          flush=True)  # fmt: skip
+    return _entry(run, out, "done", seconds=seconds, cpu_seconds=cpu)
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU time of the finished child processes (and theirs), from ``getrusage``."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _processes(commands: list[list[str]]) -> list[tuple[list[list[str]], list[str]]]:

@@ -36,6 +36,7 @@ class Recipe:
     steps_per_epoch: int | None = None
     num_workers: int = 2
     accelerator: str = "auto"
+    wandb: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def load_config(path: str | os.PathLike[str]) -> CompareConfig:
     recipe = _recipe(raw.get("recipe") or {}, f"{path}: recipe")
     here = path.parent
     configs = {k: here / v for k, v in (raw.get("configs") or {}).items()}
-    for key in ("scratch", "pretrained", "poutyne"):
+    for key in ("scratch", "pretrained", "poutyne", "csv_logger"):
         if key not in configs:
             raise CatDogError(f"{path}: configs.{key} is missing (the torch trainers' config file)")
     weights = {k: (Path(v) if v else None) for k, v in (raw.get("weights") or {}).items()}
@@ -209,7 +210,10 @@ def _torch_commands(
     catdog = [sys.executable, "-m", "catdog"]
     if spec.trainer == "poutyne":
         configs += ["-c", str(config.configs["poutyne"])]
-        return [[*catdog, "poutyne", *configs, *shared, "--poutyne.run_dir", str(run_dir), *spec.args]]
+        own = ["--poutyne.run_dir", str(run_dir), "--poutyne.wandb", str(recipe.wandb).lower()]
+        return [[*catdog, "poutyne", *configs, *shared, *own, *spec.args]]
+    if not recipe.wandb:
+        configs += ["-c", str(config.configs["csv_logger"])]
     root = ["--trainer.default_root_dir", str(run_dir)]
     return [
         [*catdog, "fit", *configs, *shared, *root, *spec.args],

@@ -65,7 +65,8 @@ class RunRecord:
 
     ``status`` is ``done`` (trained and tested now), ``complete`` (outputs found, not rerun), ``failed``
     (``reason`` and ``log`` say why) or ``skipped`` (e.g. missing weights; ``reason`` says what to do).
-    ``run_dir`` is relative to the record's folder.
+    ``run_dir`` is relative to the record's folder; ``seconds`` is wall time, ``cpu_seconds`` the CPU time
+    (user + system) of the run's processes.
     """
 
     name: str
@@ -75,6 +76,7 @@ class RunRecord:
     reason: str = ""
     log: str | None = None
     seconds: float | None = None
+    cpu_seconds: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
 

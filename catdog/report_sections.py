@@ -202,6 +202,9 @@ def _setup_section(found: Collected, record: ComparisonRecord | None) -> tuple[s
         run_seconds = [e.seconds for e in record.runs if e.seconds is not None]
         if run_seconds:
             lines.append(f"- time of all runs (sum of the run times): {format_duration(sum(run_seconds))}")
+        cpu_seconds = [e.cpu_seconds for e in record.runs if e.cpu_seconds is not None]
+        if cpu_seconds:
+            lines.append(f"- CPU time of all runs (user + system, every process): {format_duration(sum(cpu_seconds))}")
         if record.total_seconds is not None:
             lines.append(f"- last `catdog compare` call: {format_duration(record.total_seconds)} (runs found complete "
                          "are not rerun)")  # fmt: skip

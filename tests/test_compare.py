@@ -132,6 +132,8 @@ def test_all_seven_rows_equal_the_recomputation(comparison: tuple[Path, Path, st
         assert int(row["test images"]) == scores.n == 12
         assert row["run time"] != "—"
         assert f"[{SEVEN.index(name) + 1}/8] {name}: done in" in printed
+        entry = read_record(out / "compare.json").entry(name)
+        assert entry.status == "done" and entry.seconds > 0 and entry.cpu_seconds > 0
     assert rows["lightning-pretrained"]["pretrained"] == "yes" and rows["keras-vgg16"]["published accuracy"] == "0.49"
     for section in ("## Per-breed errors", "## Calibration", "## Mistakes", "## Setup", "## Caveat on pretrained rows"):
         assert section in text

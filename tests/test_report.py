@@ -333,7 +333,7 @@ def test_comparison_record_adds_setup_times_and_missing_runs(
         data=str(fused_dataset), recipe={"image_size": 32, "epochs": 1, "seed": 42}, device="CPU: test",
         val_files="val_files.txt", total_seconds=125.0,
         runs=[
-            RunRecord("lightning-scratch", "lightning", "lightning-scratch", "done", seconds=61.0,
+            RunRecord("lightning-scratch", "lightning", "lightning-scratch", "done", seconds=61.0, cpu_seconds=100.0,
                       overrides={"lr": 0.001}),
             RunRecord("keras/effnetv2b2_imagenet", "keras", "keras/effnetv2b2_imagenet", "skipped",
                       reason="no ImageNet weights file: set weights.keras in the config"),
@@ -353,6 +353,7 @@ def test_comparison_record_adds_setup_times_and_missing_runs(
     assert missing["broken"]["status"] == "failed" and missing["broken"]["log"] == "broken/run.log"
     assert "image_size 32, epochs 1, seed 42" in text and "CPU: test" in text and "call: 2 min 05 s" in text
     assert "time of all runs (sum of the run times): 1 min 01 s" in text
+    assert "CPU time of all runs (user + system, every process): 1 min 40 s" in text
     assert "## Per-breed errors" in text and "results-breeds.png" in text
     assert f"torch {metadata.version('torch')}" in text and f"timm {metadata.version('timm')}" in text
 
