@@ -18,6 +18,13 @@ from catdog import CatDogError
 
 TRAINERS = ("lightning", "poutyne", "keras")
 KERAS_MODELS = ("effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn", "vgg16")
+#: The torch trainers' config files, relative to ``compare.yaml``, unless its ``configs:`` says otherwise.
+TRAINER_CONFIGS = {
+    "scratch": "scratch.yaml",
+    "pretrained": "pretrained.yaml",
+    "poutyne": "poutyne.yaml",
+    "csv_logger": "logger/csv.yaml",
+}
 #: The Keras ImageNet base's file name in Keras' own cache (``$KERAS_HOME/models``).
 KERAS_WEIGHTS_NAME = "efficientnetv2-b2_notop.h5"
 
@@ -90,10 +97,10 @@ def load_config(path: str | os.PathLike[str]) -> CompareConfig:
         raise CatDogError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     recipe = _recipe(raw.get("recipe") or {}, f"{path}: recipe")
     here = path.parent
-    configs = {k: here / v for k, v in (raw.get("configs") or {}).items()}
-    for key in ("scratch", "pretrained", "poutyne", "csv_logger"):
-        if key not in configs:
-            raise CatDogError(f"{path}: configs.{key} is missing (the torch trainers' config file)")
+    configs = {k: here / v for k, v in {**TRAINER_CONFIGS, **(raw.get("configs") or {})}.items()}
+    for key, config_file in configs.items():
+        if not config_file.is_file():
+            raise CatDogError(f"{path}: configs.{key}: {config_file} not found (paths are relative to {here})")
     weights = {k: (Path(v) if v else None) for k, v in (raw.get("weights") or {}).items()}
     runs = [_run_spec(entry, f"{path}: runs[{i}]") for i, entry in enumerate(raw.get("runs") or [])]
     if not runs:
