@@ -202,6 +202,7 @@ def test_a_run_without_weights_is_skipped_with_the_reason(
 def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     config = yaml.safe_load((ROOT / "configs" / "compare.yaml").read_text())
     assert [run["name"] for run in config["runs"]] == list(SEVEN)
+    config["configs"] = {key: str(ROOT / "configs" / name) for key, name in config["configs"].items()}
     config["recipe"]["epochs"] = 0
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
