@@ -75,7 +75,7 @@ def fuse(
         check_mode_fits(mode, cats_src, dogs_src)
         keep = KEEP_BYTES if mode in {"copy", "move"} else 0
         plan = make_plan(cats_src, dogs_src, arguments, workers, progress, keep_bytes=keep)  # nothing written yet
-        written, records_changed = write(plan, out, mode, rerun, workers, progress)
+        written, records_changed = write(plan, out, mode, rerun, progress)
     if mode == "move":
         delete_moved_sources(plan)
     return report(plan, out, rerun, written, records_changed)
@@ -90,7 +90,7 @@ def check_mode_fits(mode: str, *sources: Source) -> None:
             )
 
 
-def write(plan: Plan, out: Path, mode: str, rerun: bool, workers: int, progress: bool) -> tuple[int, bool]:
+def write(plan: Plan, out: Path, mode: str, rerun: bool, progress: bool) -> tuple[int, bool]:
     """Write the plan's files and records into ``out``: (files written, whether the records changed).
 
     A fresh output is cleared of an earlier fusion's files (``--overwrite``) and marked incomplete first,
@@ -100,7 +100,7 @@ def write(plan: Plan, out: Path, mode: str, rerun: bool, workers: int, progress:
         clear_out(out)
         make_folders(out)
         write_records(plan, out, complete=False)
-    written = write_plan(plan, out, mode, fresh=not rerun, workers=workers, progress=progress)
+    written = write_plan(plan, out, mode, fresh=not rerun, progress=progress)
     return written, write_records(plan, out, complete=True)
 
 
@@ -258,6 +258,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="quick: header + JPEG end marker (default); full: decode every image")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an output fused with other arguments")
     parser.add_argument("--workers", type=int, default=None,
-                        help=f"threads reading and writing files (default {default_workers()} here)")  # fmt: skip
+                        help=f"threads reading and checking (default {default_workers()}); one writes")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
