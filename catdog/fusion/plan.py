@@ -124,7 +124,7 @@ def make_plan(
 
 
 def default_workers() -> int:
-    """Threads for reading and writing files: the work is mostly waiting on the file system."""
+    """Threads reading and checking files (reads, hashing and decoding release the GIL)."""
     return min(8, 2 * (os.cpu_count() or 1))
 
 
