@@ -74,7 +74,8 @@ def write_report(found: Collected, out: Path, data_dir: str | os.PathLike[str] |
     intro = (
         "Every figure is recomputed from each run's `predictions.csv` (test split: file, true label, P(dog)) "
         "with `catdog.metrics.score`; a prediction is Dog when P(dog) > 0.5. *Published accuracy* is the "
-        "original work's figure for the same model, framework and weights."
+        "original work's test accuracy for the same network and weights: its PyTorch EfficientNetV2-B2 "
+        "(pretrained 0.98, scratch 0.86) beside the Lightning and Poutyne rows, its Keras models beside theirs."
     )
     out.write_text(f"# Results\n\n{intro}\n\n{markdown}\n\n" + "\n\n".join(sections) + "\n")
     return markdown, plots
