@@ -26,10 +26,12 @@ SECURITY_HEADERS = {
 
 
 def mount(server: ls.LitServer) -> None:
-    """Serve the page at ``GET /`` (and ``HEAD /``)."""
+    """Serve the page at ``GET /`` (and ``HEAD /``), in place of LitServe's own ``litserve running`` there."""
     html = PAGE.read_text(encoding="utf-8")
 
     async def page() -> HTMLResponse:
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
+    router = server.app.router
+    router.routes = [route for route in router.routes if getattr(route, "path", None) != "/"]
     server.app.add_api_route("/", page, methods=["GET", "HEAD"], include_in_schema=False)
