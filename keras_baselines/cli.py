@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a saved .keras model on test/")
     evaluate.add_argument("--model-path", required=True, type=Path, help="a .keras file written by train")
     evaluate.add_argument("--data", required=True, type=Path, help="fused dataset with test/")
-    evaluate.add_argument("--out", type=Path, default=None, help="where metrics.json goes (default: run dir)")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="where predictions.csv and metrics.json go (default: the run directory)"
+    )
     evaluate.add_argument("--name", default=None, help="model name in metrics.json (default: from run.json)")
     return parser
 
@@ -182,29 +184,7 @@ def train_models(args: argparse.Namespace, train_lib) -> int:
             print(f"{name}: skipped: {skipped[name]}")
             print(f"  -> {out / train_lib.SKIPPED}")
             continue
-        config = train_lib.TrainConfig(
-            model=name,
-            data=args.data,
-            out=out,
-            image_size=args.image_size,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            val_files=args.val_files,
-            learning_rate=args.learning_rate,
-            bn_momentum=args.bn_momentum,
-            bn_recalibration_batches=args.bn_recalibration_batches,
-            bn_recalibration_steps=args.bn_recalibration_steps,
-            patience=args.patience,
-            min_delta=args.min_delta,
-            steps_per_epoch=args.steps_per_epoch,
-            weights=args.weights if name == "effnetv2b2_imagenet" else None,
-            offline=args.offline,
-            augment=args.augment,
-            run_eagerly=args.eager,
-            verbose=0 if args.quiet else 2,
-        )
+        config = _train_config(args, name, out, train_lib)
         if len(runs) == 1:
             _report(train_lib.train(config), out)
             continue
@@ -219,6 +199,33 @@ def train_models(args: argparse.Namespace, train_lib) -> int:
         print(f"error: {len(failed)} model(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _train_config(args: argparse.Namespace, name: str, out: Path, train_lib):
+    """The ``TrainConfig`` of model ``name`` from the command line."""
+    return train_lib.TrainConfig(
+        model=name,
+        data=args.data,
+        out=out,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        val_files=args.val_files,
+        learning_rate=args.learning_rate,
+        bn_momentum=args.bn_momentum,
+        bn_recalibration_batches=args.bn_recalibration_batches,
+        bn_recalibration_steps=args.bn_recalibration_steps,
+        patience=args.patience,
+        min_delta=args.min_delta,
+        steps_per_epoch=args.steps_per_epoch,
+        weights=args.weights if name == "effnetv2b2_imagenet" else None,
+        offline=args.offline,
+        augment=args.augment,
+        run_eagerly=args.eager,
+        verbose=0 if args.quiet else 2,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
