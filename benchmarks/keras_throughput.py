@@ -18,6 +18,7 @@ VGG16 at 224 px trains at about 1 image/s on 2 CPU cores: keep ``--steps`` small
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -92,21 +93,26 @@ def _read_result(proc: subprocess.Popen, backend: str) -> dict:
     for line in proc.stdout:
         if line.startswith(PREFIX):
             return json.loads(line[len(PREFIX) :])
-    raise RuntimeError(f"the {backend} worker stopped (exit {proc.wait()}); run it alone to see its error")
+    proc.stderr.seek(0)
+    log = proc.stderr.read()[-3000:]
+    raise RuntimeError(f"the {backend} worker stopped (exit {proc.wait()}):\n{log}")
 
 
-def _start_worker(backend: str, args: argparse.Namespace) -> subprocess.Popen:
+def _start_worker(backend: str, args: argparse.Namespace, log: object) -> subprocess.Popen:
+    """One worker process; its log (TensorFlow's start-up lines included) goes to ``log``, shown on failure."""
     cmd = [sys.executable, __file__, "--worker", "--backend", backend, "--models", *args.models]
     for flag in ("image_size", "batch_size", "steps", "warmup", "threads"):
         cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
 
 
 def measure(args: argparse.Namespace) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict]]:
     """Images/s of every (model, backend) per round, and each worker's warm-up report."""
-    workers = {backend: _start_worker(backend, args) for backend in args.backends}
-    try:
+    with contextlib.ExitStack() as stack:
+        logs = {backend: stack.enter_context(tempfile.TemporaryFile("w+")) for backend in args.backends}
+        workers = {backend: _start_worker(backend, args, logs[backend]) for backend in args.backends}
+        stack.callback(_stop, workers)
         ready = {}
         for backend, proc in workers.items():
             print(f"[{backend}] building and warming up {', '.join(args.models)} ...", file=sys.stderr, flush=True)
@@ -122,10 +128,15 @@ def measure(args: argparse.Namespace) -> tuple[dict[tuple[str, str], list[float]
                 samples[(name, backend)].append(_read_result(proc, backend)["images_per_s"])
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         return samples, ready
-    finally:
-        for proc in workers.values():
-            proc.stdin.close()
+
+
+def _stop(workers: dict[str, subprocess.Popen]) -> None:
+    for proc in workers.values():
+        proc.stdin.close()
+        try:
             proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 Run them with ``python -m keras_baselines train --model NAME --data dataset``. This package imports
 neither keras nor torch at import time: the Keras backend (``--backend``, default TensorFlow) is chosen
-from the command line and set in ``KERAS_BACKEND`` before keras is first imported. Results are written
-as ``metrics.json`` through :mod:`catdog.metrics`, so the results table lists them next to the torch runs.
+from the command line and set in ``KERAS_BACKEND`` before keras is first imported. Each run writes the
+test split's ``predictions.csv`` and ``metrics.json`` computed from it by :mod:`catdog.metrics`, so the
+results table lists them next to the torch runs, scored by the same code.
 """
 
 from __future__ import annotations
