@@ -287,3 +287,11 @@ def test_out_that_is_a_file_is_refused(sources, tmp_path: Path) -> None:
         fuse(sources.cats_source, sources.dogs_source, out, **KWARGS)
     assert out.read_text() == "keep me"
     assert os.path.isfile(out)
+
+
+def test_an_image_in_a_format_fusion_does_not_write_is_recorded_as_unsupported(sources, tmp_path: Path) -> None:
+    victim = Path(sources.cats_source) / "train" / "cat.0.bmp"
+    Image.new("RGB", (8, 8)).save(victim, "BMP")
+    result = fuse(sources.cats_source, sources.dogs_source, tmp_path / "dataset", **KWARGS)
+    rows = [row for row in result.excluded if row["source"] == str(victim)]
+    assert [(r["status"], r["detail"]) for r in rows] == [("unsupported", "unsupported image format BMP")]

@@ -27,6 +27,8 @@ _BATCH = 32  # files per thread task: one task per file costs more than checking
 #: Bytes of checked files a plan keeps for copy and move: each file is then read and hashed once, and the
 #: bytes written are exactly the bytes checked. The real Kaggle data (about 0.6 GB placed) fits.
 KEEP_BYTES = 1 << 30
+#: Status of a file that is not a usable image, by the first word of :func:`check_image`'s reason.
+_STATUS = {"not": "not_image", "unsupported": "unsupported"}
 
 
 @dataclass
@@ -180,7 +182,7 @@ def inspect(item: Item, full: bool = False) -> tuple[Item, bytes]:
     item.size, item.sha256 = len(data), hashlib.sha256(data).hexdigest()
     problem = check_image(data, full)
     if problem:
-        item.status = "not_image" if problem == "not an image" else "corrupt"
+        item.status = _STATUS.get(problem.split(" ", 1)[0], "corrupt")
         item.detail = problem
     return item, data
 
