@@ -13,7 +13,8 @@ Run it through ``scripts/container-check`` (which picks the project's Python). S
    :data:`ADDED_LIMIT_MB` (both printed); then ``up -d`` on the project's own compose.yaml.
 6. Over the mapped port: ``/health``, both predict endpoints with a JPEG upload and a raw PNG body (the
    answers must equal onnxruntime on the host), three bad uploads (4xx JSON, server still healthy),
-   ``podman healthcheck run``, no process runs as root, no torch, pandas or compiler in the image.
+   ``GET /`` (the page) and ``GET /metrics`` (the requests and errors counted exactly as sent, both models
+   loaded), ``podman healthcheck run``, no process runs as root, no torch, pandas or compiler in the image.
 7. SIGTERM (``podman kill --signal TERM``): the server exits 0 within :data:`STOP_LIMIT_S` (README: "within about
    a second"), timed from podman's kill event to its died event; then ``podman-compose down`` leaves no
    container, pod or network.
@@ -255,6 +256,48 @@ def check_prediction(payload: Any, name: str, expected: list[float], tol: float 
     return f"{payload['label']} {got[class_id]:.4f} (host diff {diff:.1e})"
 
 
+#: What ``/metrics`` must count after the predictions and bad uploads above: (sample, labels) -> value.
+EXPECTED_METRICS = {
+    ("catdog_requests_total", (("code", "200"), ("model", "pretrained"))): 2,
+    ("catdog_requests_total", (("code", "400"), ("model", "pretrained"))): 3,
+    ("catdog_requests_total", (("code", "200"), ("model", "scratch"))): 3,
+    ("catdog_errors_total", (("error", "invalid_image"), ("model", "pretrained"))): 2,
+    ("catdog_errors_total", (("error", "empty_body"), ("model", "pretrained"))): 1,
+}
+
+
+def check_page_and_metrics(base_url: str) -> dict[str, float]:
+    """``GET /`` is the page; ``GET /metrics`` counts exactly the requests the check sent, both models loaded."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(f"{base_url}/")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        page_type, page = response.headers.get("Content-Type", ""), response.read().decode("utf-8", "replace")
+    if not page_type.startswith("text/html") or "<title>" not in page or "/predict/" not in page:
+        raise CheckFailed(f"GET / is not the page ({page_type}): {page[:300]!r}")
+    log(f"  GET /: {page_type}, {len(page)} characters")
+
+    status, text = http("GET", f"{base_url}/metrics")
+    if status != 200 or not isinstance(text, str):
+        raise CheckFailed(f"GET /metrics answered {status}: {str(text)[:300]}")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    seen = {f"{name}{dict(labels)}": samples.get((name, labels)) for name, labels in EXPECTED_METRICS}
+    wrong = {
+        f"{name}{dict(labels)}": f"{samples.get((name, labels))} (expected {want})"
+        for (name, labels), want in EXPECTED_METRICS.items()
+        if samples.get((name, labels)) != want
+    }
+    loaded = {dict(labels)["model"]: v for (name, labels), v in samples.items() if name == "catdog_model_loaded"}
+    if wrong or loaded != {"pretrained": 1.0, "scratch": 1.0}:
+        raise CheckFailed(f"/metrics does not count what was sent: {wrong}; models loaded: {loaded}")
+    log(f"  GET /metrics: {len(samples)} samples; requests and errors as sent, both models loaded")
+    return {key: float(value or 0) for key, value in seen.items()}
+
+
 # --------------------------------------------------------------------------------------------------
 # podman
 # --------------------------------------------------------------------------------------------------
@@ -475,6 +518,9 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             status, payload = http("POST", f"{base_url}/predict/scratch", body, headers)
             if status != 200:
                 raise CheckFailed(f"a good upload after the bad ones answered {status}: {payload}")
+
+        with step("page and metrics", timings):
+            facts["metrics"] = check_page_and_metrics(base_url)
 
         with step("healthcheck and user", timings):
             hc = sh([podman, "healthcheck", "run", container], check=False)
