@@ -6,7 +6,9 @@ labels, whichever process (HTTP server, inference worker) counted them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import signal
 import time
@@ -18,7 +20,8 @@ import pytest
 import requests
 from serve_helpers import Server, cat, dog, encode, make_no_torch_path, post, start_server, stop, upload
 
-pytestmark = pytest.mark.slow
+from catdog.serving.http import Deadline
+from catdog.serving.supervise import RestartCounter
 
 #: Good and bad requests per model, as (kind, count); see :func:`_send`.
 GOOD = {"pretrained": 7, "scratch": 4}
@@ -113,6 +116,7 @@ def _send(server: Server, name: str, kind: str) -> requests.Response:
     raise ValueError(kind)
 
 
+@pytest.mark.slow
 def test_counters_move_by_exactly_the_requests_sent(server: Server) -> None:
     before = scrape(server)
     jobs = [(name, "good", 200) for name, count in GOOD.items() for _ in range(count)]
@@ -153,12 +157,14 @@ def test_counters_move_by_exactly_the_requests_sent(server: Server) -> None:
     assert delta(before, after, "catdog_inference_duration_seconds_count") == batches
 
 
+@pytest.mark.slow
 def test_models_loaded_with_their_checkpoint_sha256(server: Server, model_files: dict[str, tuple[Path, str]]) -> None:
     samples = scrape(server)
     loaded = {labels: value for (name, labels), value in samples.items() if name == "catdog_model_loaded"}
     assert loaded == {labels(model=name, checkpoint_sha256=sha): 1.0 for name, (_, sha) in model_files.items()}
 
 
+@pytest.mark.slow
 def test_the_page_and_scrapes_are_not_counted_as_model_requests(server: Server) -> None:
     before = scrape(server)
     assert requests.get(f"{server.url}/", timeout=10).status_code == 200
@@ -187,6 +193,7 @@ def _wait_for_health(server: Server, seconds: float) -> dict:
     pytest.fail(f"/health not 200 within {seconds} s:\n{server.log_text()[-3000:]}")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_counted_and_its_counts_stay(server: Server) -> None:
     before = scrape(server)
     assert before[("catdog_worker_restarts_total", labels(model="scratch"))] == 0
@@ -208,6 +215,7 @@ def _sha(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_the_server_owns_its_metrics_directory_and_removes_it(server: Server, tmpdir_of_server: Path) -> None:
     made = list(tmpdir_of_server.glob("catdog-metrics-*"))
     assert len(made) == 1, made
@@ -216,3 +224,67 @@ def test_the_server_owns_its_metrics_directory_and_removes_it(server: Server, tm
     stop(server.process)
     assert server.process.returncode == 0, server.log_text()[-3000:]
     assert not made[0].exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the middleware on its own
+# --------------------------------------------------------------------------------------------------
+def _answer(status: int, body: bytes, delay: float = 0.0, raises: bool = False) -> object:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await asyncio.sleep(delay)
+        if raises:
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": body[:3], "more_body": True})
+        await send({"type": "http.response.body", "body": body[3:]})
+
+    return app
+
+
+def _call(app: object, path: str = "/predict/a") -> int:
+    messages: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    return next(m["status"] for m in messages if m["type"] == "http.response.start")
+
+
+def _counts() -> Samples:
+    from catdog.serving.metrics import instruments
+
+    metrics = instruments()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for metric in (metrics.requests, metrics.errors, metrics.latency)
+        for family in metric.collect()
+        for sample in family.samples
+    }
+
+
+def test_middleware_counts_status_and_error_code_the_deadlines_own_answers_included() -> None:
+    from catdog.serving.metrics import RequestMetrics
+
+    restarts = RestartCounter(["a"])
+    error = json.dumps({"error": "invalid_image", "detail": "not an image"}).encode()
+    before = _counts()
+    assert _call(RequestMetrics(_answer(200, b'{"label": "Cat"}'), ["a"])) == 200
+    assert _call(RequestMetrics(_answer(400, error), ["a"])) == 400
+    assert _call(RequestMetrics(_answer(502, b"<html>bad gateway</html>"), ["a"])) == 502
+    assert _call(RequestMetrics(Deadline(_answer(200, b"{}", delay=5), 0.1, ["a"], restarts), ["a"])) == 504
+    assert _call(RequestMetrics(_answer(200, b"{}"), ["a"]), path="/health") == 200  # not a model: not counted
+    with pytest.raises(RuntimeError):
+        _call(RequestMetrics(_answer(200, b"{}", raises=True), ["a"]))
+    after = _counts()
+    assert delta(before, after, "catdog_requests_total") == {
+        labels(model="a", code=code): 1.0 for code in ("200", "400", "502", "504", "500")
+    }
+    assert delta(before, after, "catdog_errors_total") == {
+        labels(model="a", error=code): 1.0 for code in ("invalid_image", "unknown", "timeout", "internal_error")
+    }
+    assert delta(before, after, "catdog_request_duration_seconds_count") == {labels(model="a"): 5.0}
