@@ -124,7 +124,9 @@ def run_poutyne(bench: Bench) -> float:
 
     network = bench.network()
     optimizer, scheduler = bench.optimizer(network)
-    model = make_model(network, optimizer, ClassifierLoss(torch.nn.CrossEntropyLoss()), device="cpu")
+    model = make_model(
+        network, optimizer, ClassifierLoss(torch.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()), device="cpu"
+    )
     timer = Timer()
     model.fit_generator(bench.batches, epochs=1, callbacks=[StepScheduler(scheduler), timer], verbose=False)
     return bench.steps * bench.batch_size / (timer.end - timer.start)

@@ -7,6 +7,10 @@
   ``interval: step``).
 * :class:`FreezeBackbone` trains only the classifier head during the first epochs (as
   :class:`catdog.model.CatDogClassifier`).
+* :class:`RecalibrateBatchNorm` re-estimates the BatchNorm statistics before early validations (as
+  :class:`catdog.model.CatDogClassifier`).
+* :class:`EpochSeeds` reseeds every epoch from (run seed, epoch), with :class:`catdog.callbacks.EpochSeeds`.
+* :class:`LightningIterationOrder` makes the loaders' iterators when Lightning's loops do.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -160,3 +165,55 @@ class RecalibrateBatchNorm(Callback):
         from catdog.model import recalibrate_batchnorm
 
         recalibrate_batchnorm(self.model.network, self.loader, self.max_batches, device=self.device)
+
+
+class EpochSeeds(Callback):
+    """Reseed torch, numpy and ``random`` at the start of every epoch as ``catdog fit`` does.
+
+    The reseeding is :class:`catdog.callbacks.EpochSeeds`' own (the Lightning callback, called with the
+    0-based epoch number), so both trainers draw the same data order, augmentation and dropout per epoch.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__()
+        from catdog.callbacks import EpochSeeds as LightningEpochSeeds
+
+        self.lightning = LightningEpochSeeds(seed)
+
+    def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
+        self.lightning.on_train_epoch_start(SimpleNamespace(current_epoch=epoch_number - 1), None)
+
+
+class LightningIterationOrder(Callback):
+    """A data loader whose iterators are made when Lightning's loops make them.
+
+    Lightning's fit loop makes the first epoch's training iterator when training starts, before the first
+    ``on_train_epoch_start`` (where :class:`EpochSeeds` reseeds), and its validation loop makes the validation
+    iterator before ``on_validation_start`` (where the BatchNorm statistics are re-estimated); Poutyne makes
+    each when the first batch is read. Making an iterator draws from torch's random generator, so, passed both
+    as Poutyne's data and as a callback, this makes ``"train"`` data's first iterator at ``on_train_begin``
+    and every ``"valid"`` iterator at ``on_valid_begin``: both trainers draw the same random numbers in the
+    same order (the sampler's permutation and the re-estimation batches among them).
+    """
+
+    def __init__(self, loader: Any, stage: str) -> None:
+        super().__init__()
+        if stage not in ("train", "valid"):
+            raise ValueError(f"stage must be 'train' or 'valid', got {stage!r}")
+        self.loader, self.stage = loader, stage
+        self._made: Any = None
+
+    def on_train_begin(self, logs: dict) -> None:
+        if self.stage == "train":
+            self._made = iter(self.loader)
+
+    def on_valid_begin(self, logs: dict) -> None:
+        if self.stage == "valid":
+            self._made = iter(self.loader)
+
+    def __iter__(self) -> Any:
+        made, self._made = self._made, None
+        return made if made is not None else iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)

@@ -5,7 +5,8 @@
 ``trainer:`` parse exactly as for ``catdog fit``; ``poutyne:`` is :class:`PoutyneOptions`. :func:`plan_run`
 turns a parsed configuration into a :class:`PoutynePlan`, a plain value checked before anything is built.
 Of the ``trainer:`` section Poutyne reads ``max_epochs``, ``limit_train_batches``, ``limit_val_batches``,
-``accelerator`` and the ``patience``/``min_delta`` of its ``EarlyStopping`` callback; the rest is Lightning's.
+``accelerator``, the ``patience``/``min_delta`` of its ``EarlyStopping`` callback and whether it has
+``catdog.callbacks.EpochSeeds`` (reseeding every epoch); the rest is Lightning's.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class PoutynePlan:
     device: str
     patience: int | None  # None: no early stopping
     min_delta: float
+    epoch_seeds: dict[str, Any] | None  # init_args of trainer.callbacks' EpochSeeds; None: no reseeding
     options: PoutyneOptions
     config: dict[str, Any] = field(default_factory=dict)  # the resolved configuration (logged to W&B)
 
@@ -117,20 +119,29 @@ def plan_run(config: Any) -> PoutynePlan:
         device=resolve_device(trainer.accelerator),
         patience=patience,
         min_delta=min_delta,
+        epoch_seeds=callback_args(trainer.callbacks, "EpochSeeds"),
         options=options,
         config=config.clone().as_dict(),
     )
 
 
-def early_stopping_settings(callbacks: Any) -> tuple[int | None, float]:
-    """``(patience, min_delta)`` of the EarlyStopping in ``trainer.callbacks``; ``(None, 0.0)`` without one."""
+def callback_args(callbacks: Any, name: str) -> dict[str, Any] | None:
+    """The ``init_args`` of the first ``trainer.callbacks`` entry whose class is ``name``; None without one."""
     items = callbacks if isinstance(callbacks, list | tuple) else [callbacks] if callbacks else []
     for item in items:
         class_path = str(getattr(item, "class_path", "") or "")
-        if class_path.rsplit(".", 1)[-1] == "EarlyStopping":
-            init_args = item.init_args
-            return int(init_args.get("patience", 3)), float(init_args.get("min_delta", 0.0))
-    return None, 0.0
+        if class_path.rsplit(".", 1)[-1] == name:
+            init_args = getattr(item, "init_args", None)
+            return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+    return None
+
+
+def early_stopping_settings(callbacks: Any) -> tuple[int | None, float]:
+    """``(patience, min_delta)`` of the EarlyStopping in ``trainer.callbacks``; ``(None, 0.0)`` without one."""
+    args = callback_args(callbacks, "EarlyStopping")
+    if args is None:
+        return None, 0.0
+    return int(args.get("patience", 3)), float(args.get("min_delta", 0.0))
 
 
 def batch_limit(value: int | float | None, name: str) -> int | float | None:

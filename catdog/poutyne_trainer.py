@@ -40,9 +40,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from catdog.poutyne_callbacks import FreezeBackbone, RecalibrateBatchNorm, SaveModel, StepScheduler
+from catdog.poutyne_callbacks import (
+    EpochSeeds,
+    FreezeBackbone,
+    LightningIterationOrder,
+    RecalibrateBatchNorm,
+    SaveModel,
+    StepScheduler,
+)
 from catdog.poutyne_config import PoutynePlan, build_parser, limit_batches, plan_run
 
 
@@ -80,21 +86,19 @@ class PoutyneRun:
 
 
 class ClassifierLoss(nn.Module):
-    """The classifier's training criterion (label smoothing) while training, plain cross-entropy to evaluate.
+    """The classifier's own losses: ``criterion`` (label smoothing) to train, ``eval_criterion`` to evaluate.
 
-    Poutyne uses one loss function for training and validation; Lightning's ``CatDogClassifier`` smooths only
-    the training loss, so ``val_loss`` (the checkpoint rule) is the plain cross-entropy in both. Poutyne
+    Poutyne uses one loss function for training and validation; ``CatDogClassifier`` smooths only the
+    training loss, so ``val_loss`` (the checkpoint rule) is the plain cross-entropy in both trainers. Poutyne
     evaluates with gradients disabled, which is what tells the two apart here.
     """
 
-    def __init__(self, criterion: nn.Module) -> None:
+    def __init__(self, criterion: nn.Module, eval_criterion: nn.Module) -> None:
         super().__init__()
-        self.criterion = criterion
+        self.criterion, self.eval_criterion = criterion, eval_criterion
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return self.criterion(logits, targets)
-        return F.cross_entropy(logits, targets)
+        return (self.criterion if torch.is_grad_enabled() else self.eval_criterion)(logits, targets)
 
 
 def train_poutyne(argv: Sequence[str], callbacks: Sequence[Any] = ()) -> PoutyneRun:
@@ -168,7 +172,12 @@ def prepare(config: Any, plan: PoutynePlan) -> PoutyneSetup:
         total_steps=steps * plan.epochs,
         epochs=plan.epochs,
     )
-    model = make_model(classifier.network, optimizer, ClassifierLoss(classifier.criterion), device=plan.device)
+    model = make_model(
+        classifier.network,
+        optimizer,
+        ClassifierLoss(classifier.criterion, classifier.eval_criterion),
+        device=plan.device,
+    )
     return PoutyneSetup(model, classifier, datamodule, scheduler, steps, validation_steps)
 
 
@@ -205,40 +214,22 @@ def fit(
     ModelCheckpoint does) and ``checkpoints/last.ckpt`` is written after every epoch, so it holds the final
     completed one. After the fit the network holds the weights of the last epoch.
     """
-    import poutyne
-
     from catdog.splits import relative_name, write_file_list
 
-    run_dir, options, dm = plan.run_dir, plan.options, setup.datamodule
-    checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    best, last = checkpoints / "best.ckpt", checkpoints / "last.ckpt"
-    for stale in (best, last):
-        stale.unlink(missing_ok=True)
-    write_file_list([relative_name(p, dm.data_dir) for p in dm.val_set.paths], run_dir / "val_files.txt")
-    save_model = SaveModel(run_dir / "saved", epoch=options.save_model_epoch, upload_uri=options.upload_uri)
-    train_loader, hp = dm.train_dataloader(), setup.classifier.hparams
-    callbacks: list[Any] = [
-        StepScheduler(setup.scheduler),
-        RecalibrateBatchNorm(train_loader, hp.bn_recalibration_batches, hp.bn_recalibration_steps, plan.device),
-        poutyne.ModelCheckpoint(
-            str(best), monitor="val_loss", mode="min", save_best_only=True, verbose=options.verbose
-        ),
-        poutyne.ModelCheckpoint(str(last)),
-        poutyne.CSVLogger(str(run_dir / "history.csv")),
-    ]
-    freeze = int(hp.freeze_backbone_epochs)
-    if freeze > 0:
-        callbacks.insert(0, FreezeBackbone(freeze))
-    if plan.patience is not None:
-        callbacks.append(
-            poutyne.EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience, min_delta=plan.min_delta)
-        )
-    callbacks += [save_model, *extra]  # SaveModel after EarlyStopping: it sees stop_training
+    dm, options = setup.datamodule, plan.options
+    (plan.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for stale in ("best.ckpt", "last.ckpt"):
+        (plan.run_dir / "checkpoints" / stale).unlink(missing_ok=True)
+    write_file_list([relative_name(p, dm.data_dir) for p in dm.val_set.paths], plan.run_dir / "val_files.txt")
+    train_data = LightningIterationOrder(dm.train_dataloader(), "train")
+    val_data = LightningIterationOrder(dm.val_dataloader(), "valid")
+    save_model = SaveModel(plan.run_dir / "saved", epoch=options.save_model_epoch, upload_uri=options.upload_uri)
+    # SaveModel after EarlyStopping: it sees stop_training.
+    callbacks = [train_data, val_data, *fit_callbacks(setup, plan, train_data.loader), save_model, *extra]
     started = time.perf_counter()
     logs = setup.model.fit_generator(
-        train_loader,
-        dm.val_dataloader(),
+        train_data,
+        val_data,
         epochs=plan.epochs,
         steps_per_epoch=setup.steps_per_epoch,
         validation_steps=setup.validation_steps,
@@ -247,8 +238,38 @@ def fit(
     )
     seconds = time.perf_counter() - started
     history = [{key: float(value) for key, value in row.items()} for row in logs]
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    (plan.run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     return history, seconds, save_model
+
+
+def fit_callbacks(setup: PoutyneSetup, plan: PoutynePlan, train_loader: Any) -> list[Any]:
+    """The callbacks that make Poutyne train as ``catdog fit``: seeds, freeze, schedule, BatchNorm, checkpoints."""
+    import poutyne
+
+    hp, checkpoints = setup.classifier.hparams, plan.run_dir / "checkpoints"
+    callbacks: list[Any] = []
+    if plan.epoch_seeds is not None:
+        callbacks.append(EpochSeeds(**plan.epoch_seeds))
+    if hp.freeze_backbone_epochs > 0:
+        callbacks.append(FreezeBackbone(int(hp.freeze_backbone_epochs)))
+    callbacks += [
+        StepScheduler(setup.scheduler),
+        RecalibrateBatchNorm(train_loader, hp.bn_recalibration_batches, hp.bn_recalibration_steps, plan.device),
+        poutyne.ModelCheckpoint(
+            str(checkpoints / "best.ckpt"),
+            monitor="val_loss",
+            mode="min",
+            save_best_only=True,
+            verbose=plan.options.verbose,
+        ),  # fmt: skip
+        poutyne.ModelCheckpoint(str(checkpoints / "last.ckpt")),
+        poutyne.CSVLogger(str(plan.run_dir / "history.csv")),
+    ]
+    if plan.patience is not None:
+        callbacks.append(
+            poutyne.EarlyStopping(monitor="val_loss", mode="min", patience=plan.patience, min_delta=plan.min_delta)
+        )
+    return callbacks
 
 
 # -- test and report ------------------------------------------------------------------------------------

@@ -290,7 +290,8 @@ def test_first_batch_and_losses_match_lightning(fused_dataset: Path, weights_fil
     # Evaluation loss (plain cross-entropy, BatchNorm running statistics) before any training forward pass.
     module.eval()
     with torch.no_grad():
-        lightning_val = module.validation_step((l_images, l_labels), 0).item()
+        output = module.validation_step((l_images, l_labels), 0)
+        lightning_val = (output["loss"] if isinstance(output, dict) else output).item()
     poutyne_val, _ = setup.model.evaluate_on_batch(images, labels)
     assert poutyne_val == pytest.approx(lightning_val, rel=1e-6)
     # Training loss (label smoothing, dropout, batch statistics) with the same dropout draw.
