@@ -18,6 +18,7 @@ to :data:`RUNNERS`; ratios are printed against ``plain``.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):  # interleaved, rotating order: load changes hit every runner alike
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
+                gc.collect()  # the previous runner's garbage is not freed in this one's timed steps
                 samples[name].append(RUNNERS[name](bench))
         rates = {name: statistics.median(values) for name, values in samples.items()}
         loading = statistics.median(data_rate(dm, batches=max(8, args.steps)) for _ in range(args.rounds))

@@ -13,11 +13,14 @@ settings are the ``poutyne:`` section (:class:`PoutyneOptions`, ``configs/poutyn
         --model.pretrained_file weights/tf_efficientnetv2_b2.pth
     catdog poutyne ... --data.image_size 64 --model.lr 0.001 --trainer.max_epochs 3 --poutyne.upload_uri URI
 
-The rules are Lightning's: the network is trained with the classifier's own loss (label smoothing for
-training, plain cross-entropy for ``val_loss``) and :func:`catdog.model.build_optimizer`'s AdamW and per-step
-schedule; ``checkpoints/best.ckpt`` is the epoch of lowest ``val_loss``, ``checkpoints/last.ckpt`` the final
-completed epoch (both hold the network's timm state dict). The test split is evaluated with the best
-weights: ``predictions.csv`` (:func:`catdog.metrics.write_predictions`) and ``metrics.json`` computed from it.
+The rules are Lightning's: the network is trained with the classifier's own losses (label smoothing for
+training, plain cross-entropy for ``val_loss``), :func:`catdog.model.build_optimizer`'s AdamW and per-step
+schedule and the classifier's BatchNorm policy (momentum, statistics re-estimated before early validations);
+epochs are reseeded as ``catdog.callbacks.EpochSeeds`` does when the trainer's callbacks hold it, and the
+loaders are iterated in Lightning's order, so from the same config both trainers reach the same weights.
+``checkpoints/best.ckpt`` is the epoch of lowest ``val_loss``, ``checkpoints/last.ckpt`` the final completed
+epoch (both hold the network's timm state dict). The test split is evaluated with the best weights:
+``predictions.csv`` (:func:`catdog.metrics.write_predictions`) and ``metrics.json`` computed from it.
 
 A run writes under ``poutyne.run_dir`` (default ``runs/poutyne/scratch``, or ``runs/poutyne/pretrained``
 with pretrained weights): ``config.yaml`` (the resolved configuration), ``val_files.txt`` (the validation
