@@ -58,11 +58,11 @@ def prepare_multiprocess_dir() -> str:
     if _owned_dir is not None and os.environ.get(MULTIPROC_ENV) == _owned_dir:
         return _owned_dir
     _owned_dir = tempfile.mkdtemp(prefix="catdog-metrics-")
+    atexit.register(_remove_dir, _owned_dir, os.getpid())  # first: whatever fails next, the directory goes
     os.environ[MULTIPROC_ENV] = _owned_dir
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()  # in case prometheus_client was imported before
-    atexit.register(_remove_dir, _owned_dir, os.getpid())
     logger.debug("metrics: prometheus_client multiprocess files in %s", _owned_dir)
     return _owned_dir
 
