@@ -294,3 +294,17 @@ def test_read_file_returns_every_byte(tmp_path: Path, size: int) -> None:
     data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
     (tmp_path / "f").write_bytes(data)
     assert read_file(str(tmp_path / "f")) == data
+
+
+def test_linked_folders_in_a_source_are_followed_once(sources, tmp_path: Path) -> None:
+    cats = Path(sources.cats_source)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("x")
+    (cats / "train" / "loop").symlink_to(cats / "train", target_is_directory=True)  # a link to its own folder
+    (cats / "extra").symlink_to(elsewhere, target_is_directory=True)
+    with Source(cats, "cats") as source:
+        names = [f.name for f in source.files()]
+    assert len(names) == len(set(names))
+    assert "train/cat.0.jpg" in names and "extra/notes.txt" in names
+    assert not any(name.startswith("train/loop/") for name in names)

@@ -75,15 +75,19 @@ class Source(contextlib.ExitStack):
         return files
 
 
-def _folder_files(root: str) -> list[SourceFile]:
-    """Every file under ``root`` (plain strings: a Path per file costs more than reading a small image)."""
+def _folder_files(root: str, prefix: str = "", seen: frozenset[str] = frozenset()) -> list[SourceFile]:
+    """Every file under ``root``, linked folders followed once (plain strings: a Path per file costs more than
+    reading a small image)."""
+    seen = seen | {os.path.realpath(root)}
     found = []
-    for folder, _, names in os.walk(root):
-        relative = os.path.relpath(folder, root)
-        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-        for name in names:
-            path = os.path.join(folder, name)
-            found.append(SourceFile(prefix + name, path, functools.partial(read_file, path), path))
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                if entry.is_dir(follow_symlinks=False) or os.path.realpath(entry.path) not in seen:
+                    found += _folder_files(entry.path, f"{prefix}{entry.name}/", seen)
+            else:
+                found.append(SourceFile(prefix + entry.name, entry.path, functools.partial(read_file, entry.path),
+                                        entry.path))  # fmt: skip
     return found
 
 
