@@ -116,7 +116,7 @@ def train_poutyne(argv: Sequence[str], callbacks: Sequence[Any] = ()) -> Poutyne
     wandb_run = start_wandb(plan) if plan.options.wandb else None
     try:
         history, seconds, save_model = fit(setup, plan, [*callbacks, *wandb_callbacks(wandb_run)])
-        metrics, metrics_path = test(setup, plan, epochs=len(history), train_seconds=seconds)
+        metrics, metrics_path = run_test(setup, plan, epochs=len(history), train_seconds=seconds)
         if wandb_run is not None:
             wandb_run.summary.update({f"test_{k}": v for k, v in vars(metrics).items() if isinstance(v, float)})
     finally:
@@ -278,7 +278,7 @@ def fit_callbacks(setup: PoutyneSetup, plan: PoutynePlan, train_loader: Any) -> 
 # -- test and report ------------------------------------------------------------------------------------
 
 
-def test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds: float) -> tuple[Any, Path]:
+def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds: float) -> tuple[Any, Path]:
     """Evaluate the best checkpoint on the test split; write ``predictions.csv`` and ``metrics.json`` from it."""
     from catdog.metrics import read_predictions, run_metrics_from_predictions, write_metrics, write_predictions
     from catdog.model import count_parameters

@@ -358,3 +358,15 @@ def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path) ->
     run = train_poutyne(args)
     assert run.metrics.model == "tf_efficientnetv2_b2"
     assert run.metrics.accuracy >= 0.85 and run.metrics.balanced_accuracy >= 0.85, run.metrics
+
+
+def test_batch_limits_read_as_lightning_reads_them() -> None:
+    from catdog import CatDogError
+    from catdog.poutyne_config import batch_limit, limit_batches
+
+    assert batch_limit(1.0, "x") is None and batch_limit(None, "x") is None
+    assert limit_batches(9, batch_limit(4, "x")) == 4 and limit_batches(3, batch_limit(4, "x")) == 3
+    assert limit_batches(9, batch_limit(0.5, "x")) == 4 and limit_batches(9, batch_limit(0.01, "x")) == 1
+    for bad in (0, -2, 1.5, True, "all"):
+        with pytest.raises(CatDogError, match="trainer.limit_train_batches"):
+            batch_limit(bad, "trainer.limit_train_batches")  # type: ignore[arg-type]
