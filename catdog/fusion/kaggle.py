@@ -97,7 +97,8 @@ def list_dogs(files: list[SourceFile], location: Path) -> tuple[list[Item], list
     """Dogs with their breeds (in labels.csv order), and every other file of the source."""
     labels_file, prefix = _find_labels(files, location)
     labels = read_labels(labels_file)
-    breed_of = dict(zip(labels["id"], labels["breed"], strict=True))
+    ids = labels["id"].tolist()  # plain lists: iterating pandas columns costs microseconds per value
+    breed_of = dict(zip(ids, labels["breed"].tolist(), strict=True))
     train_prefix = f"{prefix}train/"
     images: dict[str, SourceFile] = {}
     others: list[Item] = []
@@ -114,14 +115,14 @@ def list_dogs(files: list[SourceFile], location: Path) -> tuple[list[Item], list
             others.append(Item(f, "dog", status="no_label", detail=f"{stem} is not in labels.csv"))
         else:
             others.append(Item(f, "dog", status="unrecognised", detail="not an image file named <id>.jpg"))
-    missing = [i for i in labels["id"] if i not in images]
+    missing = [i for i in ids if i not in images]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise CatDogError(
             f"{labels_file.ref}: {len(missing)} id(s) have no image in {location}/{train_prefix}: {shown}. "
             "Is the source completely downloaded and unpacked?"
         )
-    dogs = [Item(images[i], "dog", breed=breed_of[i]) for i in labels["id"]]
+    dogs = [Item(images[i], "dog", breed=breed_of[i]) for i in ids]
     return dogs, others
 
 
