@@ -119,6 +119,11 @@ def test_rerun_completes_an_interrupted_run_and_says_how_many_files_it_wrote(sou
     assert _fuse_cli(sources, out) == 0
     assert capsys.readouterr().out.startswith("unchanged (same arguments)")
 
+    (out / "manifest.csv").write_text("damaged")  # records only: rewritten, and said so
+    assert _fuse_cli(sources, out) == 0
+    assert capsys.readouterr().out.startswith("updated manifest.csv and split.json")
+    assert len(pd.read_csv(out / "manifest.csv")) > 0
+
 
 def test_a_rerun_repairs_a_truncated_output(sources, tmp_path: Path) -> None:
     out = tmp_path / "dataset"

@@ -219,8 +219,10 @@ def summary(result: FusionResult) -> str:
     c = result.counts
     if result.unchanged:
         lines = [f"unchanged (same arguments): {result.out}"]
-    elif result.completed:
+    elif result.completed and result.written:
         lines = [f"completed an earlier run: {result.out} ({result.written} file(s) written)"]
+    elif result.completed:
+        lines = [f"updated {MANIFEST} and {SPLIT_FILE}: {result.out} (every image already in place, 0 written)"]
     else:
         lines = [f"fused: {result.out} ({result.written} file(s) written)"]
     lines += [f"  {split:5s}  cat {c[split]['cat']:6d}  dog {c[split]['dog']:6d}" for split in SPLITS]
