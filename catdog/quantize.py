@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from catdog import CatDogError
-from catdog.metrics import read_predictions, write_predictions
+from catdog.metrics import THRESHOLD, read_predictions, write_predictions
 from catdog.serving.models import create_session, softmax
 from catdog.splits import labelled_images, relative_name, stratified_split
 from catdog.transforms import PreprocessConfig, eval_transform, open_image
@@ -109,7 +109,6 @@ def quantize_onnx(
     meta = _read_metadata(fp32_path)
     config = PreprocessConfig.from_metadata(meta)
     calibration = calibration_files(data_dir, settings.calibration_images, settings.seed)
-    test_files, test_labels = labelled_images(data_dir / "test")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
@@ -120,27 +119,36 @@ def quantize_onnx(
             _CalibrationReader(calibration, config, meta.get("input_name", "image"), settings.batch_size),
             **_quantize_kwargs(settings),
         )
-        eval_dir = out.with_name(out.name.removesuffix(".onnx") + "-eval")
-        p_fp32 = predict_files(fp32_path, test_files, config, threads=threads)
-        p_int8 = predict_files(quantized, test_files, config, threads=threads)
-        names = [relative_name(path, data_dir) for path in test_files]
-        fp32 = read_predictions(write_predictions(names, test_labels, p_fp32, eval_dir / "fp32"))
-        int8 = read_predictions(write_predictions(names, test_labels, p_int8, eval_dir / "int8"))
-        if fp32.files != int8.files or not np.array_equal(fp32.labels, int8.labels):
-            raise CatDogError(f"{eval_dir}: the fp32 and int8 predictions do not list the same images")
-        result = QuantizeResult(
-            path=out,
-            size_bytes=0,
-            fp32_accuracy=fp32.score().accuracy,
-            int8_accuracy=int8.score().accuracy,
-            agreement=float(np.mean((fp32.p_dog > 0.5) == (int8.p_dog > 0.5))),
-            n_test=len(names),
-            max_abs_p_dog_diff=float(np.abs(fp32.p_dog - int8.p_dog).max()),
-            predictions_dir=eval_dir,
-        )
+        result = evaluate(fp32_path, quantized, data_dir, config, out, threads=threads)
         extra = quantization_metadata(settings, result, len(calibration), file_sha256(fp32_path))
         _write_with_metadata(quantized, out, {**meta, **extra})
     return QuantizeResult(**{**asdict(result), "size_bytes": out.stat().st_size})
+
+
+def evaluate(
+    fp32_path: Path, int8_file: Path, data_dir: Path, config: PreprocessConfig, out: Path, threads: int = 0
+) -> QuantizeResult:
+    """Both models on ``data_dir/test``: predictions saved under ``<out stem>-eval/{fp32,int8}/``, figures from them."""
+    files, labels = labelled_images(data_dir / "test")
+    names = [relative_name(path, data_dir) for path in files]
+    eval_dir = out.with_name(out.name.removesuffix(".onnx") + "-eval")
+    saved = {}
+    for name, model in (("fp32", fp32_path), ("int8", int8_file)):
+        p_dog = predict_files(model, files, config, threads=threads)
+        saved[name] = read_predictions(write_predictions(names, labels, p_dog, eval_dir / name))
+    fp32, int8 = saved["fp32"], saved["int8"]
+    if fp32.files != int8.files or not np.array_equal(fp32.labels, int8.labels):
+        raise CatDogError(f"{eval_dir}: the fp32 and int8 predictions do not list the same images")
+    return QuantizeResult(
+        path=out,
+        size_bytes=0,
+        fp32_accuracy=fp32.score().accuracy,
+        int8_accuracy=int8.score().accuracy,
+        agreement=float(np.mean((fp32.p_dog > THRESHOLD) == (int8.p_dog > THRESHOLD))),
+        n_test=len(names),
+        max_abs_p_dog_diff=float(np.abs(fp32.p_dog - int8.p_dog).max()),
+        predictions_dir=eval_dir,
+    )
 
 
 def calibration_files(data_dir: str | os.PathLike[str], count: int, seed: int) -> list[Path]:
@@ -190,6 +198,7 @@ def quantization_metadata(
         "fp32_accuracy": repr(result.fp32_accuracy),
         "int8_accuracy": repr(result.int8_accuracy),
         "int8_fp32_agreement": repr(result.agreement),
+        "int8_fp32_max_abs_p_dog_diff": repr(result.max_abs_p_dog_diff),
     }
 
 

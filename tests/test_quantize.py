@@ -119,6 +119,7 @@ def test_recorded_figures_equal_an_independent_evaluation(exported: dict, fused_
     assert float(meta["fp32_accuracy"]) == pytest.approx(accuracy["fp32"], abs=1e-12)
     assert float(meta["int8_accuracy"]) == pytest.approx(accuracy["int8"], abs=1e-12)
     assert float(meta["int8_fp32_agreement"]) == pytest.approx(agreement, abs=1e-12)
+    assert float(meta["int8_fp32_max_abs_p_dog_diff"]) == pytest.approx(np.abs(p_fp32 - p_int8).max(), abs=1e-9)
     printed = exported["printed"]
     assert f"fp32 {accuracy['fp32']:.4f}, int8 {accuracy['int8']:.4f}" in printed
     assert f"agreement {agreement:.4f} on {len(files)} images" in printed
