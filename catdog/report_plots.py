@@ -88,12 +88,14 @@ def plot_reliability(predictions: dict[str, Predictions], eces: dict[str, float]
     ax = fig.subplots()
     ax.plot([0.5, 1.0], [0.5, 1.0], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     cmap = _run_colours(len(predictions))
-    for (name, preds), colour in zip(predictions.items(), cmap, strict=True):
+    styles = ("-", "--", ":", "-.")  # runs with identical predictions overlap: the dashes keep both visible
+    for index, ((name, preds), colour) in enumerate(zip(predictions.items(), cmap, strict=True)):
         curve = reliability_curve(preds.labels, preds.p_dog)
         confidence, accuracy, count = (np.array(column) for column in zip(*curve, strict=True))
         sizes = 20 + 180 * count / count.max()
-        ax.plot(confidence, accuracy, color=colour, linewidth=1.2, label=f"{name} (ECE {eces[name]:.3f})")
-        ax.scatter(confidence, accuracy, s=sizes, color=colour, alpha=0.7, edgecolors="white", linewidths=0.5)
+        ax.plot(confidence, accuracy, color=colour, linewidth=1.4, linestyle=styles[index % len(styles)],
+                label=f"{name} (ECE {eces[name]:.3f})")  # fmt: skip
+        ax.scatter(confidence, accuracy, s=sizes, color=colour, alpha=0.6, edgecolors="white", linewidths=0.5)
     ax.set_xlim(0.48, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("confidence of the predicted class (bin mean)")
