@@ -28,10 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from catdog import CLASSES, CatDogError
+from catdog.model import DEFAULT_MODEL, preprocess_config_for
 from catdog.splits import labelled_images, list_images, split_train
 from catdog.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
-
-DEFAULT_MODEL = "tf_efficientnetv2_b2"
 
 
 class ImageDataset(Dataset):
@@ -148,8 +147,6 @@ class CatDogDataModule(pl.LightningDataModule):
     def preprocess_config(self) -> PreprocessConfig:
         """The eval preprocessing (mean/std from the model's timm data config, size ``image_size``)."""
         if self._preprocess is None:
-            from catdog.model import preprocess_config_for
-
             self._preprocess = preprocess_config_for(self.model_name, self.image_size)
         return self._preprocess
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -85,3 +87,50 @@ def test_recalibration_without_batches_changes_nothing_and_skips_single_images()
     assert torch.equal(network[1].running_mean, torch.full((4,), 5.0))
     assert recalibrate_batchnorm(network, [torch.randn(1, 3, 4, 4), torch.randn(3, 3, 4, 4)]) == 1
     assert not torch.equal(network[1].running_mean, torch.full((4,), 5.0))
+
+
+def test_the_classifier_recalibrates_before_early_validations_only(
+    fused_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During fit, each validation before ``bn_recalibration_steps`` steps re-estimates the statistics first."""
+    import lightning.pytorch as pl
+
+    import catdog.model
+    from catdog.data import CatDogDataModule
+    from catdog.model import CatDogClassifier
+
+    calls: list[tuple[int, int | None, bool]] = []
+    real = catdog.model.recalibrate_batchnorm
+
+    def spy(network: nn.Module, batches: object, max_batches: int | None = None, device: object = None) -> int:
+        calls.append((trainer.global_step, max_batches, trainer.sanity_checking))
+        return real(network, batches, max_batches, device)
+
+    monkeypatch.setattr(catdog.model, "recalibrate_batchnorm", spy)
+    dm = CatDogDataModule(fused_dataset, image_size=32, batch_size=16, num_workers=0)
+    model = CatDogClassifier(image_size=32, bn_recalibration_batches=3, bn_recalibration_steps=4)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert calls == [(2, 3, False)]  # after epoch 0 (2 steps); not in the sanity check, not at step 4 or 6
+    trainer.validate(model, datamodule=dm)
+    assert len(calls) == 1  # a validation outside fit leaves the statistics as trained
+
+
+def test_collapsed_validation_is_named_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """All-dog predictions that rank every cat below every dog: the signature of stale statistics."""
+    from types import SimpleNamespace
+
+    from catdog.model import CatDogClassifier
+
+    model = CatDogClassifier(image_size=32)
+    model._trainer = SimpleNamespace(sanity_checking=False, current_epoch=0)  # type: ignore[assignment]
+    model._val_outputs = [(torch.tensor([0.6, 0.7, 0.8, 0.9, 0.95]), torch.tensor([0, 0, 1, 1, 1]))]
+    with caplog.at_level("WARNING", logger="catdog.model"):
+        model.on_validation_epoch_end()
+    assert "majority-class share 0.600" in caplog.text and "AUROC is 1.000" in caplog.text
+    caplog.clear()
+    model._val_outputs = [(torch.tensor([0.1, 0.2, 0.8, 0.9, 0.95]), torch.tensor([0, 0, 1, 1, 1]))]
+    with caplog.at_level("WARNING", logger="catdog.model"):
+        model.on_validation_epoch_end()
+    assert caplog.text == ""

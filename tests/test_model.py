@@ -11,6 +11,7 @@ import torch
 from catdog import CatDogError
 from catdog.model import (
     CatDogClassifier,
+    batchnorm_layers,
     build_network,
     count_parameters,
     load_classifier,
@@ -122,10 +123,23 @@ def test_preprocess_config_comes_from_timm() -> None:
     assert preprocess_config_for(build_network(MODEL), 48) == config
 
 
+def _give_trained_values(network: torch.nn.Module) -> None:
+    """A non-zero head and BatchNorm running statistics unlike their initial 0 / 1, as after training."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        head = network.get_classifier()
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.05)
+        head.bias.copy_(torch.tensor([0.3, -0.2]))
+        for layer in batchnorm_layers(network):
+            layer.running_mean.copy_(torch.rand(layer.running_mean.shape, generator=generator) - 0.5)
+            layer.running_var.copy_(torch.rand(layer.running_var.shape, generator=generator) + 0.5)
+
+
 def test_classifier_round_trips_through_a_checkpoint(imagenet_weights: Path, tmp_path: Path) -> None:
     import lightning.pytorch as pl
 
     model = CatDogClassifier(MODEL, pretrained_file=str(imagenet_weights), image_size=32)
+    _give_trained_values(model.network)  # a fresh head is zero: every output would be 0 whatever was loaded
     assert model.hparams.model_name == MODEL and model.hparams.image_size == 32
     assert model.preprocess_config.image_size == 32
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
@@ -140,10 +154,15 @@ def test_classifier_round_trips_through_a_checkpoint(imagenet_weights: Path, tmp
         imagenet_weights.with_suffix(".moved").rename(imagenet_weights)
     assert not loaded.training and loaded.device.type == "cpu"
     assert loaded.pretrained and loaded.preprocess_config == model.preprocess_config
-    x = torch.randn(2, 3, 32, 32)
     model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
-        torch.testing.assert_close(exportable(x), model(x), atol=1e-4, rtol=1e-4)
+    for layer_loaded, layer in zip(batchnorm_layers(loaded.network), batchnorm_layers(model.network), strict=True):
+        torch.testing.assert_close(layer_loaded.running_var, layer.running_var, rtol=0, atol=0)
+    for size in (32, 224):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            expected = model(x)
+            assert expected.abs().min() > 1e-3 and not torch.allclose(expected[0], expected[1])
+            torch.testing.assert_close(loaded(x), expected)
+            torch.testing.assert_close(exportable(x), expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(CatDogError, match="file not found"):
         load_classifier(tmp_path / "none.ckpt")

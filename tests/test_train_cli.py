@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import timm
 import torch
+from lightning.pytorch.callbacks import Callback
+from torch.nn import functional as F
 
+from catdog import CLASSES
 from catdog.cli import main
-from catdog.metrics import read_metrics
+from catdog.data import CatDogDataModule
+from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
+from catdog.model import CatDogClassifier, load_classifier
+from catdog.train import CatDogCLI
+from catdog.transforms import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = str(ROOT / "configs" / "scratch.yaml")
@@ -23,10 +30,10 @@ CSV_ONLY = str(ROOT / "configs" / "logger" / "csv.yaml")
 DDP = str(ROOT / "configs" / "trainer" / "ddp.yaml")
 
 
-def tiny(data_dir: Path, run_dir: Path, *extra: str, config: str = SCRATCH, csv_only: bool = True) -> list[str]:
-    """Options for a run of a couple of 32 px steps."""
+def tiny(data_dir: Path, run_dir: Path, *extra: str, pretrained: bool = False, csv_only: bool = True) -> list[str]:
+    """Options for a run of a couple of 32 px steps (``pretrained``: with the pretrained overlay)."""
     return [
-        "-c", config, *(["-c", CSV_ONLY] if csv_only else []),
+        "-c", SCRATCH, *(["-c", PRETRAINED] if pretrained else []), *(["-c", CSV_ONLY] if csv_only else []),
         "--data.data_dir", str(data_dir), "--data.image_size", "32", "--data.batch_size", "16",
         "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir),
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
@@ -57,7 +64,9 @@ def test_fit_writes_best_and_last_checkpoints_and_logs(fitted_run: Path) -> None
     checkpoints = fitted_run / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     state = torch.load(checkpoints / "last.ckpt", weights_only=False)
-    assert state["global_step"] == 2 and state["catdog"]["epochs_trained"] == 1
+    assert state["global_step"] == 2 and state["epoch"] == 0
+    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 1
+    assert state["callbacks"]["RunRecorder"]["time_elapsed"]["train"] > 0
     assert state["hyper_parameters"]["model_name"] == "tf_efficientnetv2_b2"
     assert state["hyper_parameters"]["image_size"] == 32  # linked from data.image_size
     assert state["catdog"]["preprocess"]["image_size"] == 32
@@ -65,30 +74,39 @@ def test_fit_writes_best_and_last_checkpoints_and_logs(fitted_run: Path) -> None
     assert list(fitted_run.glob("wandb/offline-run-*")), "the offline W&B logger should have written a run"
 
 
-def test_test_writes_metrics_json(fitted_run: Path, fused_dataset: Path) -> None:
+def test_test_writes_predictions_and_the_metrics_computed_from_them(fitted_run: Path, fused_dataset: Path) -> None:
     assert main(["test", *tiny(fused_dataset, fitted_run), "--ckpt_path", "best"]) == 0
     metrics = read_metrics(fitted_run / "metrics.json")  # validates the schema
-    raw = json.loads((fitted_run / "metrics.json").read_text())
-    assert set(raw) == {
-        "model", "framework", "pretrained", "accuracy", "f1", "auroc", "confusion_matrix", "num_params",
-        "epochs", "train_seconds", "checkpoint",
-    }  # fmt: skip
-    assert metrics.framework == "lightning" and metrics.model == "tf_efficientnetv2_b2"
-    assert metrics.pretrained is False and metrics.epochs == 1 and metrics.train_seconds > 0
-    assert metrics.num_params == sum(
-        p.numel() for p in timm.create_model("tf_efficientnetv2_b2", num_classes=2).parameters()
+    predictions = read_predictions(fitted_run / "predictions.csv")
+    best = fitted_run / "checkpoints" / "best.ckpt"
+    state = torch.load(best, weights_only=False)
+    recomputed = run_metrics_from_predictions(
+        fitted_run / "predictions.csv",
+        model="tf_efficientnetv2_b2",
+        framework="lightning",
+        pretrained=False,
+        num_params=sum(p.numel() for p in timm.create_model("tf_efficientnetv2_b2", num_classes=2).parameters()),
+        epochs=1,
+        train_seconds=round(state["callbacks"]["RunRecorder"]["time_elapsed"]["train"], 3),
+        checkpoint=str(best.resolve()),
     )
-    assert metrics.checkpoint == str((fitted_run / "checkpoints" / "best.ckpt").resolve())
-    matrix = metrics.confusion_matrix
-    test_counts = [len(list((fused_dataset / "test" / name).glob("*.jpg"))) for name in ("cat", "dog")]
-    assert [sum(row) for row in matrix] == test_counts  # the whole test set, rows = true class
-    assert metrics.accuracy == pytest.approx((matrix[0][0] + matrix[1][1]) / sum(test_counts), abs=1e-6)
+    assert metrics == recomputed and metrics.train_seconds > 0
+    test_files = sorted(p.relative_to(fused_dataset).as_posix() for p in (fused_dataset / "test").rglob("*.jpg"))
+    assert sorted(predictions.files) == test_files  # every test image once, relative to the dataset root
+    assert predictions.labels.tolist() == [CLASSES.index(Path(f).parent.name) for f in predictions.files]
+    # each probability is its own image's: the checkpoint's model on that image alone
+    model = load_classifier(best)
+    for row in (0, len(predictions.files) // 2, len(predictions.files) - 1):
+        image = torch.from_numpy(preprocess(fused_dataset / predictions.files[row], model.preprocess_config))
+        with torch.no_grad():
+            p_dog = model(image[None]).softmax(dim=1)[0, 1].item()
+        assert predictions.p_dog[row] == pytest.approx(p_dog, abs=1e-5)
 
 
 def test_validate_and_predict(fitted_run: Path, fused_dataset: Path) -> None:
     assert main(["validate", *tiny(fused_dataset, fitted_run)]) == 0
     assert main(["predict", *tiny(fused_dataset, fitted_run), "--ckpt_path", "last"]) == 0
-    with (fitted_run / "predictions.csv").open() as handle:
+    with (fitted_run / "predict.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(1 for _ in (fused_dataset / "test").rglob("*.jpg"))
     for row in rows:
@@ -97,16 +115,81 @@ def test_validate_and_predict(fitted_run: Path, fused_dataset: Path) -> None:
         assert float(row["p_cat"]) + float(row["p_dog"]) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_resume_from_last_continues_the_epoch_count(fused_dataset: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "resume"
-    assert main(["fit", *tiny(fused_dataset, run_dir)]) == 0
-    assert main(["fit", *tiny(fused_dataset, run_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last")]) == 0
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["global_step"] == 4
-    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 2
-    assert state["catdog"]["epochs_trained"] == 2
-    assert sorted(epoch_losses(run_dir)) == [0, 1]
-    assert len(list(run_dir.glob("lightning_logs/version_*"))) == 2
+def _cli(args: list[str]) -> CatDogCLI:
+    """The configured trainer, model and data of ``catdog fit`` (shipped callbacks included), not yet run."""
+    return CatDogCLI(CatDogClassifier, CatDogDataModule, args=args, run=False, seed_everything_default=42)
+
+
+class _WorseEachEpoch(torch.nn.Module):
+    """Cross-entropy plus 10 per epoch: val_loss gets worse every epoch."""
+
+    def __init__(self, model: pl.LightningModule) -> None:
+        super().__init__()
+        self.epoch = lambda: model.current_epoch
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets) + 10.0 * self.epoch()
+
+
+def test_last_checkpoint_is_the_final_epoch_and_resume_trains_one_more(fused_dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "last"
+    cli = _cli(tiny(fused_dataset, run_dir, "--trainer.max_epochs", "3"))
+    model = cli.model
+    # val_loss gets worse every epoch, so the best checkpoint stays at epoch 0
+    model.eval_criterion = _WorseEachEpoch(model)
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)["epoch"] == 0
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == cli.trainer.global_step == 6
+    assert last["state_dict"].keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(last["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+    assert main(["fit", *tiny(fused_dataset, run_dir, "--trainer.max_epochs", "4", "--ckpt_path", "last")]) == 0
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 3 and resumed["global_step"] == 8
+    assert sorted(epoch_losses(run_dir)) == [0, 1, 2, 3]
+    versions = sorted(run_dir.glob("lightning_logs/version_*/metrics.csv"))
+    with versions[-1].open() as handle:
+        assert {row["epoch"] for row in csv.DictReader(handle) if row.get("train_loss_epoch")} == {"3"}
+
+
+class _StopAfterFirstEpoch(Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.should_stop = True
+
+
+def test_an_interrupted_then_resumed_fit_equals_an_uninterrupted_one(fused_dataset: Path, tmp_path: Path) -> None:
+    two_epochs = ("--trainer.max_epochs", "2")
+    assert main(["fit", *tiny(fused_dataset, tmp_path / "straight", *two_epochs)]) == 0
+    cli = _cli(tiny(fused_dataset, tmp_path / "resumed", *two_epochs))  # the same plan, stopped after epoch 0
+    cli.trainer.callbacks.append(_StopAfterFirstEpoch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert main(["fit", *tiny(fused_dataset, tmp_path / "resumed", *two_epochs, "--ckpt_path", "last")]) == 0
+
+    straight, resumed = (
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+        for name in ("straight", "resumed")
+    )
+    assert straight["epoch"] == resumed["epoch"] == 1 and straight["global_step"] == resumed["global_step"] == 4
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, msg=name)
+    torch.testing.assert_close(resumed["optimizer_states"], straight["optimizer_states"])
+    assert resumed["lr_schedulers"] == straight["lr_schedulers"]
+    val_losses = [val_loss_by_epoch(tmp_path / name)[1] for name in ("straight", "resumed")]
+    assert val_losses[0] == pytest.approx(val_losses[1], rel=1e-5)
+
+
+def val_loss_by_epoch(run_dir: Path) -> dict[int, float]:
+    """``val_loss`` by epoch from the CSV logs of every version under the run dir."""
+    losses: dict[int, float] = {}
+    for path in sorted(run_dir.glob("lightning_logs/version_*/metrics.csv")):
+        with path.open() as handle:
+            losses.update(
+                {int(row["epoch"]): float(row["val_loss"]) for row in csv.DictReader(handle) if row["val_loss"]}
+            )
+    return losses
 
 
 def test_same_seed_gives_the_same_first_epoch_loss(fitted_run: Path, fused_dataset: Path, tmp_path: Path) -> None:
@@ -126,7 +209,7 @@ def test_pretrained_config_with_a_local_weights_file(fused_dataset: Path, tmp_pa
     imagenet = timm.create_model("tf_efficientnetv2_b2", pretrained=False)  # 1000-class ImageNet shape
     torch.save(imagenet.state_dict(), weights)
     run_dir = tmp_path / "pretrained"
-    options = tiny(fused_dataset, run_dir, "--model.pretrained_file", str(weights), config=PRETRAINED)
+    options = tiny(fused_dataset, run_dir, "--model.pretrained_file", str(weights), pretrained=True)
     assert main(["fit", *options]) == 0
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["hyper_parameters"]["pretrained_file"] == str(weights)
@@ -134,7 +217,7 @@ def test_pretrained_config_with_a_local_weights_file(fused_dataset: Path, tmp_pa
     torch.testing.assert_close(state["state_dict"]["network.conv_stem.weight"], imagenet.conv_stem.weight)
     assert state["state_dict"]["network.classifier.weight"].shape == (2, 1408)
     weights.unlink()  # the checkpoint holds every weight: testing needs no weights file
-    assert main(["test", *tiny(fused_dataset, run_dir, config=PRETRAINED), "--ckpt_path", "best"]) == 0
+    assert main(["test", *tiny(fused_dataset, run_dir, pretrained=True), "--ckpt_path", "best"]) == 0
     assert read_metrics(run_dir / "metrics.json").pretrained is True
 
 
@@ -143,7 +226,7 @@ def test_missing_pretrained_weights_is_a_clear_error(
 ) -> None:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty hub cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    assert main(["fit", *tiny(fused_dataset, tmp_path / "run", config=PRETRAINED)]) == 2
+    assert main(["fit", *tiny(fused_dataset, tmp_path / "run", pretrained=True)]) == 2
     err = capsys.readouterr().err
     assert "catdog fit: error:" in err and "model.pretrained_file" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
