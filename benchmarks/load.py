@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
-    return report(tally, wall, args, dict(start=rss_start, warm=rss_warm, end=rss_end, peak=max(samples)), alive)
+    # RSS at each fifth of the run (one sample a second): a leak climbs steadily, a warm-up levels off.
+    fifths = {f"{round(wall * i / 5)}s": samples[min(len(samples) - 1, len(samples) * i // 5)] for i in range(1, 6)}
+    rss = dict(start=rss_start, warm=rss_warm, **fifths, end=rss_end, peak=max(samples))
+    return report(tally, wall, args, rss, alive)
 
 
 def run_clients(
@@ -258,9 +261,11 @@ def report(tally: Tally, wall: float, args: argparse.Namespace, rss: dict[str, f
     for (kind, status), count in sorted(tally.statuses.items()):
         print(f"  {kind:<22} {status}  {count}")
     print(
-        f"server RSS MB (process tree): start {rss['start']:.1f}, after warm-up {rss['warm']:.1f}, "
+        f"server RSS MB (process tree): at start {rss['start']:.1f}, after warm-up {rss['warm']:.1f}, "
         f"end {rss['end']:.1f}, peak {rss['peak']:.1f}; growth over the run {figures['rss_growth_mb']:+.1f}"
     )
+    timeline = [f"{key} {value:.1f}" for key, value in rss.items() if key.endswith("s")]
+    print("  during the run: " + ", ".join(timeline))
     checks = {
         "0 unexpected statuses": not tally.unexpected,
         "0 connection errors": not tally.connection_errors,
