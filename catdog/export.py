@@ -303,15 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{meta['image_size']} px, max |onnxruntime - torch| = {result.max_abs_diff:.2e})"
         )
         if settings is not None:
-            from catdog.quantize import quantize_onnx
+            from catdog.quantize import quantize_onnx, summary
 
-            quantized = quantize_onnx(result.path, args.data_dir, settings=settings)
-            print(
-                f"{result.path} -> {quantized.path} ({quantized.size_bytes / 1e6:.1f} MB, int8): test accuracy "
-                f"fp32 {quantized.fp32_accuracy:.4f}, int8 {quantized.int8_accuracy:.4f} "
-                f"({quantized.accuracy_change_points:+.2f} points), agreement {quantized.agreement:.4f} "
-                f"on {quantized.n_test} images; predictions in {quantized.predictions_dir}"
-            )
+            line, warning = summary(result.path, quantize_onnx(result.path, args.data_dir, settings=settings))
+            print(line)
+            if warning:
+                print(warning, file=sys.stderr)
     return 0
 
 

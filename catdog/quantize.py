@@ -35,6 +35,8 @@ from catdog.utils import file_sha256
 
 #: ``models/NAME.onnx`` -> ``models/NAME.int8.onnx``.
 INT8_SUFFIX = ".int8.onnx"
+#: Test accuracy the int8 model may lose (percentage points) before ``catdog export`` warns.
+MAX_ACCURACY_LOSS_POINTS = 0.5
 _QUANT_FORMATS = ("QDQ", "QOperator")
 _QUANT_TYPES = ("QUInt8", "QInt8")
 _CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
@@ -85,6 +87,21 @@ class QuantizeResult:
     def accuracy_change_points(self) -> float:
         """int8 minus fp32 test accuracy, in percentage points."""
         return 100.0 * (self.int8_accuracy - self.fp32_accuracy)
+
+
+def summary(source: Path, result: QuantizeResult) -> tuple[str, str | None]:
+    """What ``catdog export`` prints: the comparison line, and a warning when int8 loses too much accuracy."""
+    line = (
+        f"{source} -> {result.path} ({result.size_bytes / 1e6:.1f} MB, int8): test accuracy fp32 "
+        f"{result.fp32_accuracy:.4f}, int8 {result.int8_accuracy:.4f} ({result.accuracy_change_points:+.2f} points), "
+        f"agreement {result.agreement:.4f} on {result.n_test} images; predictions in {result.predictions_dir}"
+    )
+    if result.accuracy_change_points >= -MAX_ACCURACY_LOSS_POINTS - 1e-9:  # 1e-9: float noise of k/n differences
+        return line, None
+    return line, (
+        f"warning: {result.path} loses {-result.accuracy_change_points:.2f} points of test accuracy (more than "
+        f"{MAX_ACCURACY_LOSS_POINTS}); serve {source} instead, or retry with more --calibration-images"
+    )
 
 
 def int8_path(fp32_path: str | os.PathLike[str]) -> Path:

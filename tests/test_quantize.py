@@ -186,3 +186,15 @@ def test_quantize_mistakes_are_clear_errors(
         quantize_onnx(tmp_path / "missing.onnx", fused_dataset)
     with pytest.raises(CatDogError, match="activation_type"):
         QuantizeSettings(activation_type="QInt4")
+
+
+def test_export_warns_when_int8_loses_more_than_half_a_point(tmp_path: Path) -> None:
+    from catdog.quantize import MAX_ACCURACY_LOSS_POINTS, QuantizeResult, summary
+
+    def result(fp32: float, int8: float) -> QuantizeResult:
+        return QuantizeResult(tmp_path / "m.int8.onnx", 1, fp32, int8, 0.9, 200, 0.3, tmp_path / "m.int8-eval")
+
+    line, warning = summary(tmp_path / "m.onnx", result(0.9, 0.9 - MAX_ACCURACY_LOSS_POINTS / 100))
+    assert warning is None and "(-0.50 points)" in line
+    _, warning = summary(tmp_path / "m.onnx", result(0.9, 0.89))
+    assert warning is not None and "loses 1.00 points" in warning and "m.onnx instead" in warning
