@@ -58,7 +58,7 @@ class ImageDataset(Dataset):
 
     def _seed_augment(self) -> None:
         """Seed albumentations from torch's seed: once per worker, and again whenever the main process is reseeded
-        (:class:`catdog.callbacks.EpochSeeds` reseeds every epoch, so a resumed fit augments as an uninterrupted one).
+        (:class:`catdog.callbacks.EpochSeeds` reseeds every epoch).
         """
         info = torch.utils.data.get_worker_info()
         seed = (info.seed if info is not None else torch.initial_seed()) % (2**32)
