@@ -145,11 +145,13 @@ def find_pretrained_weights(explicit: Path | None, model_name: str) -> tuple[Pat
 
 def plan_models(configs: Path, weights: Path | None, weights_source: str, model_name: str) -> dict[str, list[str]]:
     """The models to train, ``name -> config arguments``; says clearly when the pretrained one is skipped."""
-    models: dict[str, list[str]] = {"scratch": ["-c", str(configs / "scratch.yaml")]}
+    scratch = ["-c", str(configs / "scratch.yaml")]
+    models: dict[str, list[str]] = {"scratch": scratch}
+    overlay = [*scratch, "-c", str(configs / "pretrained.yaml")]  # pretrained.yaml holds what differs from scratch
     if weights is not None:
-        models["pretrained"] = ["-c", str(configs / "pretrained.yaml"), "--model.pretrained_file", str(weights)]
+        models["pretrained"] = [*overlay, "--model.pretrained_file", str(weights)]
     elif weights_source:
-        models["pretrained"] = ["-c", str(configs / "pretrained.yaml")]
+        models["pretrained"] = overlay
     else:
         print(
             f"\nNOTE: cannot find pretrained weights for {model_name} (no --pretrained-file, no ${PRETRAINED_ENV}, "
@@ -332,9 +334,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     checkpoints: dict[str, str] = {}
     for number, (name, config_args) in enumerate(models.items(), start=3):
-        # The model's config first, then the CSV-only logger config, then the overrides.
-        common = [*config_args[:2], *([] if args.wandb else ["-c", str(configs / "logger" / "csv.yaml")])]
-        common += config_args[2:]
+        # The model's configs first, then the CSV-only logger config, then the overrides.
+        n_configs = 2 * sum(1 for arg in config_args if arg == "-c")
+        common = [*config_args[:n_configs], *([] if args.wandb else ["-c", str(configs / "logger" / "csv.yaml")])]
+        common += config_args[n_configs:]
         common += ["--data.data_dir", w("dataset"), "--data.image_size", str(args.image_size),
                    "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.num_workers),
                    "--trainer.default_root_dir", w("runs", name)]  # fmt: skip
