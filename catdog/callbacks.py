@@ -25,7 +25,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Timer
 from catdog import CLASSES, DISPLAY_NAMES, CatDogError
 from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
 from catdog.model import count_parameters
-from catdog.splits import relative_name
+from catdog.splits import relative_name, write_file_list
+
+#: The validation images of a fit, written into its run folder.
+VAL_FILES_NAME = "val_files.txt"
 
 
 class RunRecorder(Timer):
@@ -41,6 +44,14 @@ class RunRecorder(Timer):
         super().__init__(duration=None)
         self._rows: list[tuple[int, float]] = []
         self._batch_indices: list[list[int]] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        val_set = getattr(datamodule, "val_set", None)
+        if trainer.is_global_zero and val_set is not None:  # the validation images, as every trainer records them
+            names = [relative_name(path, datamodule.data_dir) for path in val_set.paths]
+            write_file_list(names, Path(trainer.default_root_dir) / VAL_FILES_NAME)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows = []

@@ -286,6 +286,7 @@ def preprocess_config_for(network_or_model_name: nn.Module | str, image_size: in
         mean=tuple(float(v) for v in data_config["mean"]),  # type: ignore[arg-type]
         std=tuple(float(v) for v in data_config["std"]),  # type: ignore[arg-type]
         crop_pct=float(data_config.get("crop_pct", 1.0)),
+        crop_mode=str(data_config.get("crop_mode") or "center"),
         interpolation=interpolation if interpolation in {"nearest", "bilinear", "bicubic", "lanczos"} else "bicubic",
     )
 

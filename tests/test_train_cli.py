@@ -75,6 +75,13 @@ def test_fit_writes_best_and_last_checkpoints_and_logs(fitted_run: Path) -> None
     assert list(fitted_run.glob("wandb/offline-run-*")), "the offline W&B logger should have written a run"
 
 
+def test_fit_records_the_validation_files_of_the_shared_split(fitted_run: Path, fused_dataset: Path) -> None:
+    from catdog.splits import read_file_list, split_train
+
+    recorded = read_file_list(fitted_run / "val_files.txt", fused_dataset)
+    assert recorded == sorted(split_train(fused_dataset, 0.15, 42).val_names(fused_dataset))
+
+
 def test_test_writes_predictions_and_the_metrics_computed_from_them(fitted_run: Path, fused_dataset: Path) -> None:
     assert main(["test", *tiny(fused_dataset, fitted_run), "--ckpt_path", "best"]) == 0
     metrics = read_metrics(fitted_run / "metrics.json")  # validates the schema
