@@ -40,10 +40,8 @@ def test_demo_runs_the_whole_pipeline(
     # of one image at batch 16; three epochs so that the scratch model has learned the generated data. No
     # weights file: the pretrained model is skipped (its planning is tested below; training it from a file is
     # covered by the compare and training tests).
-    import catdog.model
-
     monkeypatch.delenv(PRETRAINED_ENV, raising=False)
-    monkeypatch.setattr(catdog.model, "hub_cached_weights", lambda name: None)
+    monkeypatch.setattr("catdog.model.hub_cached_weights", lambda name: None)
     workdir = tmp_path / "demo-run"
     assert catdog(["demo", "--workdir", str(workdir), "--image-size", "32", "--epochs", "3"]) == 0
     out = capsys.readouterr().out
