@@ -15,7 +15,8 @@ In one run:
     against ``catdog serve`` on 127.0.0.1 (HTTP process: event loop + decode thread pool; one inference
     worker process with the same onnxruntime threads) with the same number of concurrent clients posting
     the same JPEGs, batching off (``--max-batch-size 1``) and on. Throughput and p50/p99 latency as the
-    caller sees it; the thread counts of both sides are printed.
+    caller sees it; the thread counts of both sides are printed;
+(c) the int8 export (``catdog export --quantize int8``) served against the fp32 file at 8 clients.
 
 The clients run on the same machine as the server, so on a small machine they take CPU from it: the
 ratios printed at the end are the figures that count, always measured in the same run. On a machine busy
@@ -225,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="least time per torch/onnxruntime measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per figure (best kept)")
     parser.add_argument("--batch-size", type=int, default=16, help="--max-batch-size with batching on (16)")
+    parser.add_argument(
+        "--int8", action=argparse.BooleanOptionalAction, default=True, help="(c) int8 vs fp32 served (on)"
+    )
     parser.add_argument("--batch-timeout", type=float, default=0.01, help="--batch-timeout with batching on")
     parser.add_argument(
         "--threads",
@@ -332,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{i['p50']:>6.1f}/{v['p50']:<7.1f} {i['p99']:>6.1f}/{v['p99']:<7.1f}"
             )
 
+    int8_ratio = _int8_vs_fp32(onnx_path, workdir, jpegs, args) if args.int8 else None
+
     ratio8 = {label: results[label, "served", 8]["rps"] / results[label, "in-process", 8]["rps"] for label, _ in modes}
     best_label = max(ratio8, key=ratio8.get)
     p50_in, p50_served = results["batching off", "in-process", 1]["p50"], results["batching off", "served", 1]["p50"]
@@ -344,7 +350,44 @@ def main(argv: list[str] | None = None) -> int:
         f"(+{p50_served - p50_in:.1f})  {'met' if p50_served - p50_in <= 10 else 'MISSED'}"
     )
     print(f"onnxruntime >= 1.3x torch eager at batch 1: {ratio_a:.2f}x  {'met' if ratio_a >= 1.3 else 'MISSED'}")
+    if int8_ratio is not None:
+        verdict = "met" if int8_ratio >= 1.8 else "MISSED"
+        print(f"int8 served >= 1.8x fp32 served at 8 clients: {int8_ratio:.2f}x  {verdict}")
     return 0
+
+
+def _int8_vs_fp32(onnx_path: Path, workdir: Path, jpegs: list[bytes], args: argparse.Namespace) -> float:
+    """(c) the int8 export (``catdog export --quantize int8``) against the fp32 file, both served, 8 clients.
+
+    Calibration and evaluation use the benchmark's own drawings (written as a tiny train/test dataset); the
+    weights are random unless ``--ckpt`` is given, so only the throughput ratio means something here (see
+    ``benchmarks/quantize.py`` for accuracy and agreement on real data).
+    """
+    from catdog.quantize import QuantizeSettings, quantize_onnx
+
+    data = workdir / "int8-data"
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (data / split / label).mkdir(parents=True, exist_ok=True)
+    for i, jpeg in enumerate(jpegs):
+        (data / ("test" if i % 8 < 2 else "train") / ("cat" if i % 2 else "dog") / f"{i}.jpg").write_bytes(jpeg)
+    int8_path = workdir / "bench.int8.onnx"
+    quantize_onnx(onnx_path, data, int8_path, QuantizeSettings(calibration_images=min(16, len(jpegs) // 2)))
+    extra = ["--threads", str(args.threads), *args.serve_arg]
+    rates: dict[str, float] = {}
+    servers = {name: _start_server(path, 1, args.batch_timeout, extra) for name, path in
+               (("fp32", onnx_path), ("int8", int8_path))}  # fmt: skip
+    try:
+        for _ in range(args.rounds):  # alternating, best of each
+            for name, (_, url) in servers.items():
+                r = _load(_http_call(f"{url}/predict/bench"), jpegs, 8, args.requests)
+                rates[name] = max(rates.get(name, 0.0), r["rps"])
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(30)
+    print(f"\n(c) served, 8 clients, batching off: fp32 {rates['fp32']:.1f}/s, int8 {rates['int8']:.1f}/s")
+    return rates["int8"] / rates["fp32"]
 
 
 if __name__ == "__main__":
