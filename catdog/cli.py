@@ -19,7 +19,7 @@ from catdog import CatDogError, __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample-data": ("catdog.sample_data:main", "Generate learnable sample data in both Kaggle layouts."),
     "fuse": ("catdog.fusion:main", "Fuse Kaggle cats and breed-split dogs into dataset/{train,test}/{cat,dog}."),
-    "fit": ("catdog.train:main", "Train a model (LightningCLI): catdog fit -c configs/scratch.yaml"),
+    "fit": ("catdog.train:main", "Train a model (LightningCLI): catdog fit -c scratch"),
     "validate": ("catdog.train:main", "Validate a checkpoint (LightningCLI)."),
     "test": ("catdog.train:main", "Test a checkpoint and write metrics.json (LightningCLI)."),
     "predict": ("catdog.train:main", "Predict with a checkpoint (LightningCLI)."),
@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("catdog.report:main", "Collect metrics.json files into a results table and plots."),
     "compare": ("catdog.compare:main", "Run every model of the comparison on one dataset, then the report."),
     "demo": ("catdog.demo:main", "Run the whole pipeline on generated data."),
+    "configs": ("catdog.config_files:main", "List the packaged YAML configs (-c NAME), or copy them out: --out DIR."),
 }
 
 #: Subcommands that receive their own name as the first argument (LightningCLI needs it).

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from catdog import CatDogError
-from catdog.compare_plan import PlannedRun, load_config, override_recipe, plan_runs, recipe_dict
+from catdog.compare_plan import PlannedRun, default_config, load_config, override_recipe, plan_runs, recipe_dict
 from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
 from catdog.report import collect, format_duration
 from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
@@ -52,7 +52,10 @@ for argv in json.loads(sys.argv[1]):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="catdog compare", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", type=Path, default=Path("configs/compare.yaml"), help="compare.yaml")
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None,
+        help="compare.yaml: a file or a packaged config's name (default ./configs/compare.yaml, else the packaged one)",
+    )  # fmt: skip
     parser.add_argument("--data", type=Path, default=None, help="fused dataset (default: the config's data)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the config's out)")
     parser.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these runs")
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         help="change a setting of the shared recipe, e.g. --recipe image_size=64 --recipe epochs=3",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    return compare(args.config, data=args.data, out=args.out, only=args.only, force=args.force, recipe=args.recipe)
+    config = args.config or default_config()
+    return compare(config, data=args.data, out=args.out, only=args.only, force=args.force, recipe=args.recipe)
 
 
 def compare(

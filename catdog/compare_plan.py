@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from catdog import CatDogError
+from catdog.config_files import packaged_config_dir, resolve_config
 
 TRAINERS = ("lightning", "poutyne", "keras")
 KERAS_MODELS = ("effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn", "vgg16")
@@ -81,13 +82,22 @@ class PlannedRun:
     missing: str | None = None
 
 
+def default_config() -> Path:
+    """``./configs/compare.yaml`` when it exists, else the packaged ``compare.yaml``."""
+    local = Path("configs") / "compare.yaml"
+    return local if local.is_file() else packaged_config_dir() / "compare.yaml"
+
+
 def load_config(path: str | os.PathLike[str]) -> CompareConfig:
-    """Read and check ``compare.yaml``; every error names the file and the key."""
-    path = Path(path)
+    """Read and check ``compare.yaml`` (a file or a packaged config's name); every error names the file and the key.
+
+    ``configs:`` paths are relative to the file, so the packaged ``compare.yaml`` reads the packaged configs.
+    """
+    path = Path(resolve_config(os.fspath(path)))
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as err:
-        raise CatDogError(f"-c {path}: file not found (the repository's is configs/compare.yaml)") from err
+        raise CatDogError(f"-c {path}: file not found (`-c compare` reads the packaged compare.yaml)") from err
     except yaml.YAMLError as err:
         raise CatDogError(f"-c {path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):

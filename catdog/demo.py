@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catdog import DISPLAY_NAMES, CatDogError
+from catdog.config_files import packaged_config_dir
 from catdog.utils import free_port
 
 #: File that marks a folder as made by ``catdog demo`` (so a rerun may clear it).
@@ -109,15 +110,15 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def find_configs(explicit: Path | None) -> Path:
-    """The folder with ``scratch.yaml`` and ``pretrained.yaml``: ``--configs``, ./configs or the checkout's."""
-    candidates = [explicit] if explicit else [Path("configs"), Path(__file__).resolve().parent.parent / "configs"]
+    """The folder with ``scratch.yaml`` and ``pretrained.yaml``: ``--configs``, ./configs or the packaged one."""
+    candidates = [explicit] if explicit else [Path("configs"), packaged_config_dir()]
     for folder in candidates:
         if folder is not None and (folder / "scratch.yaml").is_file() and (folder / "pretrained.yaml").is_file():
             return folder  # as given: the printed commands then read `-c configs/scratch.yaml` in the checkout
-    where = explicit or "./configs or the catdog checkout"
+    where = explicit or f"./configs or {packaged_config_dir()}"
     raise CatDogError(
-        f"--configs: no scratch.yaml and pretrained.yaml in {where}; run the demo from the catdog checkout "
-        "or pass --configs PATH/TO/configs"
+        f"--configs: no scratch.yaml and pretrained.yaml in {where}; pass --configs PATH/TO/configs "
+        "(`catdog configs --out configs` copies the packaged ones)"
     )
 
 

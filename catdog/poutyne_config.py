@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from catdog import CatDogError
+from catdog.config_files import resolve_config
 
 
 @dataclass
@@ -73,7 +74,14 @@ def build_parser() -> Any:
         description="Train and test the cat/dog classifier with Poutyne, from the configs of `catdog fit`.",
         default_env=False,
     )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config(s): scratch.yaml, poutyne.yaml")
+
+    class ConfigFile(ActionConfigFile):
+        """``-c``: a file, or a packaged config's name (``-c scratch -c poutyne``; :mod:`catdog.config_files`)."""
+
+        def __call__(self, parser: Any, cfg: Any, values: Any, option_string: str | None = None) -> None:
+            super().__call__(parser, cfg, resolve_config(values), option_string)
+
+    parser.add_argument("-c", "--config", action=ConfigFile, help="YAML config(s): scratch, poutyne (names or files)")
     parser.add_argument("--seed_everything", type=int, default=42, help="seed of weights, shuffling, augmentation")
     parser.add_class_arguments(CatDogDataModule, "data")
     parser.add_class_arguments(CatDogClassifier, "model")

@@ -54,6 +54,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from catdog import CatDogError
+from catdog.config_files import resolve_config_args
 from catdog.data import CatDogDataModule
 from catdog.model import CatDogClassifier
 
@@ -138,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in SUBCOMMANDS:
         raise CatDogError(f"the first argument must be one of {', '.join(SUBCOMMANDS)}, got {args[:1]}")
+    args = [args[0], *resolve_config_args(args[1:])]  # -c scratch: a packaged config (catdog.config_files)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     # ``args`` is always passed explicitly (the console script hands over sys.argv[1:] itself).
