@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import start_serve
 
 from catdog.sample_data import breed_style, draw_cat, draw_dog
 from catdog.utils import free_port
@@ -380,26 +381,9 @@ def build_uploads(models: list[str], images: list[tuple[bytes, str]]) -> list[Up
 # --------------------------------------------------------------------------------------------------
 def start_server(models: dict[str, str], port: int, extra: list[str]) -> subprocess.Popen:
     """``catdog serve`` on 127.0.0.1:``port``, once ``/health`` answers 200."""
-    cmd = [sys.executable, "-m", "catdog", "serve", "--host", HOST, "--port", str(port), "--log-level", "warning"]
-    cmd += [arg for name, path in models.items() for arg in ("--model", f"{name}={path}")]
-    cmd += ["--max-upload-mb", str(MAX_UPLOAD_MB), *extra]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server process
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"catdog serve exited:\n{log.read().decode(errors='replace')[-3000:]}")
-        try:
-            connection = http.client.HTTPConnection(HOST, port, timeout=2)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.25)
-    process.terminate()
-    raise SystemExit("catdog serve did not become healthy in 180 s")
+    args = [arg for name, path in models.items() for arg in ("--model", f"{name}={path}")]
+    args += ["--log-level", "warning", "--max-upload-mb", str(MAX_UPLOAD_MB), *extra]
+    return start_serve(args, HOST, port)
 
 
 def tree_rss_mb(pid: int) -> float:

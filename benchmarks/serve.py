@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from _common import start_serve
 
 from catdog.sample_data import breed_style, draw_cat, draw_dog
 from catdog.transforms import PreprocessConfig, preprocess
@@ -72,27 +73,14 @@ def _jpegs(count: int, size: int) -> list[bytes]:
     return out
 
 
-def _start_server(onnx_path: Path, max_batch_size: int, batch_timeout: float, extra: list[str]) -> tuple:
+def _start_server(
+    onnx_path: Path, max_batch_size: int, batch_timeout: float, extra: list[str]
+) -> tuple[subprocess.Popen, str]:
+    """``catdog serve`` of ``onnx_path`` as model ``bench`` on a free port of 127.0.0.1: (process, base URL)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "catdog", "serve", "--model", f"bench={onnx_path}", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--max-batch-size", str(max_batch_size), "--batch-timeout", str(batch_timeout)]
-    cmd += ["--log-level", "warning", *extra]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server process
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"catdog serve exited:\n{log.read().decode(errors='replace')[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.25)
-    process.terminate()
-    raise SystemExit("catdog serve did not become healthy in 180 s")
+    args = ["--model", f"bench={onnx_path}", "--max-batch-size", str(max_batch_size)]
+    args += ["--batch-timeout", str(batch_timeout), "--log-level", "warning", *extra]
+    return start_serve(args, "127.0.0.1", port), f"http://127.0.0.1:{port}"
 
 
 class InProcessWorker:
