@@ -56,7 +56,7 @@ def generated_setup(workdir: Path, image_size: int, model_name: str) -> tuple[Pa
     """A small generated dataset and an as-if-trained export of ``model_name``: (fp32 file, data dir)."""
     import torch
 
-    from catdog.export import export_onnx
+    from catdog.export import as_if_trained, export_onnx
     from catdog.fusion import fuse
     from catdog.model import build_network, preprocess_config_for
     from catdog.sample_data import generate
@@ -65,14 +65,7 @@ def generated_setup(workdir: Path, image_size: int, model_name: str) -> tuple[Pa
     data_dir = workdir / "dataset"
     fuse(sources.cats_source, sources.dogs_source, data_dir, cat_train=64, cat_test=32, seed=42, progress=False)
     torch.manual_seed(0)
-    network = build_network(model_name, exportable=True).eval()
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-        for param in network.get_classifier().parameters():
-            param.normal_(0, 0.05)
+    network = as_if_trained(build_network(model_name, exportable=True).eval(), head_std=0.05)
     config = preprocess_config_for(network, image_size)
     return export_onnx(network, config, workdir / "model.onnx", model_name).path, data_dir
 

@@ -180,6 +180,25 @@ def export_onnx(
     return ExportResult(out, diff, out.stat().st_size)
 
 
+def as_if_trained(network: nn.Module, head_std: float = 0.5) -> nn.Module:
+    """Give an untrained network a trained one's kind of weights, in place, to check an export or int8 file.
+
+    Batch-norm running statistics away from (0, 1) (means from N(0, 0.1), variances from U(0.5, 2)) and a
+    non-zero classifier head (weights from N(0, ``head_std``); a fresh head is zero, every answer 50/50), so
+    that differences between torch, onnxruntime and int8 show. Draws from torch's global generator.
+    """
+    import torch
+
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+        for param in network.get_classifier().parameters():
+            param.normal_(0, head_std)
+    return network
+
+
 def export_checkpoint(
     ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, opset: int | None = None, atol: float = 1e-4
 ) -> ExportResult:

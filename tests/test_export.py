@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from catdog import CatDogError, cli
+from catdog.export import as_if_trained
 from catdog.transforms import PreprocessConfig
 
 torch = pytest.importorskip("torch")
@@ -25,17 +26,6 @@ SMALL_MODEL = "tf_mobilenetv3_small_minimal_100"  # timm, TF 'SAME' padding like
 IMAGE_SIZE = 40
 
 
-def _as_if_trained(network: torch.nn.Module) -> None:
-    """Non-trivial batch-norm statistics and a non-zero head (a fresh head starts at zero)."""
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-        for param in network.get_classifier().parameters():
-            param.normal_(0, 0.5)
-
-
 def _save_checkpoint(path: Path, seed: int) -> None:
     """A real Lightning checkpoint of a :class:`CatDogClassifier` with non-trivial batch-norm statistics."""
     import lightning.pytorch as pl
@@ -44,7 +34,7 @@ def _save_checkpoint(path: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     model = CatDogClassifier(model_name=SMALL_MODEL, image_size=IMAGE_SIZE)
-    _as_if_trained(model.network)
+    as_if_trained(model.network)
     trainer = pl.Trainer(
         default_root_dir=path.parent,
         accelerator="cpu",
@@ -137,7 +127,7 @@ def test_default_architecture_at_224_px_matches_the_training_network(tmp_path: P
 
     torch.manual_seed(0)
     training = build_network("tf_efficientnetv2_b2").eval()  # dynamic 'SAME' padding, as trained
-    _as_if_trained(training)
+    as_if_trained(training)
     exportable = build_network("tf_efficientnetv2_b2", exportable=True).eval()
     exportable.load_state_dict(training.state_dict())
     config = preprocess_config_for(exportable, 224)
