@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ import pandas as pd
 from catdog import DISPLAY_NAMES
 from catdog.metrics import ECE_BINS, Predictions, reliability_curve
 from catdog.report_data import Mistake
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FRAMEWORK_COLOURS = {"lightning": "#792ee5", "poutyne": "#e5832e", "keras": "#d00000"}
 _DPI = 110
@@ -107,13 +111,25 @@ def plot_reliability(predictions: dict[str, Predictions], eces: dict[str, float]
     return path
 
 
+#: The per-breed heatmap's title, in two parts: on one line when the figure is wide enough, else on two.
+BREEDS_TITLE = ("Test dogs called Dog, per breed", "(breeds unseen in training; worst first)")
+_BREEDS_TITLE_SIZE = 9
+
+
 def plot_breeds(table: pd.DataFrame, path: Path) -> Path:
-    """Heatmap of accuracy per test dog breed (rows, worst first) and run (columns)."""
+    """Heatmap of accuracy per test dog breed (rows, worst first) and run (columns), as a PNG."""
+    breeds_figure(table).savefig(path, dpi=_DPI)
+    return path
+
+
+def breeds_figure(table: pd.DataFrame) -> Figure:
+    """The figure of :func:`plot_breeds`: one column per run, its title above all (wrapped when narrow)."""
     from matplotlib.figure import Figure
 
     values = table.drop(columns="images").to_numpy(dtype=float)
     runs = list(table.columns.drop("images"))
-    fig = Figure(figsize=(2.6 + 1.1 * len(runs), 1.6 + 0.36 * len(table)), layout="constrained")
+    width = 2.6 + 1.1 * len(runs)
+    fig = Figure(figsize=(width, 1.6 + 0.36 * len(table)), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     for (i, j), value in np.ndenumerate(values):
@@ -122,10 +138,22 @@ def plot_breeds(table: pd.DataFrame, path: Path) -> Path:
         ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(runs)), runs, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(table)), [f"{breed} ({n})" for breed, n in table["images"].items()], fontsize=8)
-    ax.set_title("Test dogs called Dog, per breed (breeds unseen in training; worst first)", fontsize=9)
+    # Above the whole figure, not the axes: the breed names push the axes right, and a title centred on a
+    # narrow axes (one or two runs) runs off the figure's right edge.
+    one_line = " ".join(BREEDS_TITLE)
+    fits = _text_width_inches(one_line, _BREEDS_TITLE_SIZE) <= width - 0.5
+    fig.suptitle(one_line if fits else "\n".join(BREEDS_TITLE), fontsize=_BREEDS_TITLE_SIZE)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="share called Dog")
-    fig.savefig(path, dpi=_DPI)
-    return path
+    return fig
+
+
+def _text_width_inches(text: str, fontsize: float) -> float:
+    """Width of ``text`` on one line in matplotlib's default font at ``fontsize`` points."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    width, _, _ = TextToPath().get_text_width_height_descent(text, FontProperties(size=fontsize), ismath=False)
+    return width / 72
 
 
 def plot_mistakes(

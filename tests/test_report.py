@@ -23,7 +23,7 @@ from catdog.metrics import (
     write_predictions,
 )
 from catdog.report import COLUMNS
-from catdog.report_data import ComparisonRecord, RunRecord, breeds_of_test_dogs, worst_mistakes
+from catdog.report_data import ComparisonRecord, RunRecord, breed_table, breeds_of_test_dogs, worst_mistakes
 from catdog.splits import labelled_images, relative_name
 
 #: Runs as the three trainers write them: name (folder under runs/) -> metrics.
@@ -323,6 +323,36 @@ def test_worst_mistakes_are_the_most_confident_wrong_ones() -> None:
     assert wrong == 4
     assert [(m.file, m.breed) for m in mistakes] == [("c", "basenji"), ("a", ""), ("b", "")]
     assert [m.confidence for m in mistakes] == pytest.approx([0.95, 0.9, 0.6])
+
+
+@pytest.mark.parametrize("run_count", [1, 2, 6])
+def test_breeds_heatmap_title_and_axes_lie_inside_the_figure_apart(run_count: int) -> None:
+    """One run makes a narrow figure: its title must still fit, above the heatmap and its colour bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from catdog.report_plots import BREEDS_TITLE, breeds_figure
+
+    names = ["american_staffordshire_terrier", "greater_swiss_mountain_dog", "german_short-haired_pointer", "pug"]
+    breeds = {f"train/dog/{index}.jpg": names[index % len(names)] for index in range(24)}
+    files = list(breeds)
+    rng = np.random.default_rng(run_count)
+    predictions = {
+        f"keras/run-{index}": Predictions(files, np.ones(len(files), dtype=int), rng.uniform(0, 1, len(files)))
+        for index in range(run_count)
+    }
+    fig = breeds_figure(breed_table(predictions, breeds))
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (title,) = [text for text in fig.texts if text.get_text().startswith(BREEDS_TITLE[0])]
+    assert title.get_text().replace("\n", " ") == " ".join(BREEDS_TITLE)
+    title_box = title.get_window_extent(renderer)
+    assert len(fig.axes) == 2  # the heatmap and its colour bar
+    for box in [title_box, *(ax.get_tightbbox(renderer) for ax in fig.axes)]:
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+        assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, (box, fig.bbox)
+    for ax in fig.axes:
+        assert not title_box.overlaps(ax.get_tightbbox(renderer)), ax
 
 
 def test_comparison_record_adds_setup_times_and_missing_runs(
