@@ -1,9 +1,14 @@
-"""Shared fixtures: generated Kaggle-layout sources and a fused dataset, made once per session."""
+"""Shared fixtures: generated Kaggle-layout sources and a fused dataset, made once per session; and
+:func:`skip_or_fail` for tests whose tools CI on a root Linux machine can install (a skip there fails)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -39,3 +44,24 @@ def fused_dataset(tmp_path_factory: pytest.TempPathFactory, sample_sources: Samp
         progress=False,
     )
     return out
+
+
+def skip_is_a_failure(env: dict[str, str], euid: int, platform: str, apt_get: str | None) -> bool:
+    """Under CI on a root Linux machine with apt-get, podman and Chromium install from Debian: a skip is a failure."""
+    return env.get("CI", "").lower() in {"true", "1"} and platform.startswith("linux") and euid == 0 and bool(apt_get)
+
+
+@pytest.fixture(scope="session")
+def skip_or_fail() -> Callable[[str, str], NoReturn]:
+    """``skip_or_fail(reason, tool)``: skip the test with ``reason``; fail instead where :func:`skip_is_a_failure`.
+
+    ``tool`` is what was missing (``"podman"``, ``"Chromium"``), named in the failure. The machine is read
+    when it is called, not when the fixture is made.
+    """
+
+    def skip_or_fail(reason: str, tool: str) -> NoReturn:
+        if skip_is_a_failure(dict(os.environ), os.geteuid(), sys.platform, shutil.which("apt-get")):
+            pytest.fail(f"CI on a root Linux machine, where {tool} installs from Debian, must run this: {reason}")
+        pytest.skip(reason)
+
+    return skip_or_fail

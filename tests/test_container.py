@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -411,26 +412,44 @@ def test_base_install_generates_data_and_names_the_serve_extra(tmp_path: Path) -
 # --------------------------------------------------------------------------------------------------
 # the real thing: build and run with podman
 # --------------------------------------------------------------------------------------------------
-def skip_is_a_failure(env: dict[str, str], euid: int, platform: str, apt_get: str | None) -> bool:
-    """Under CI on a root Linux machine with apt-get, podman installs from Debian: a skip there is a failure."""
-    return env.get("CI", "").lower() in {"true", "1"} and platform.startswith("linux") and euid == 0 and bool(apt_get)
-
-
-def test_skip_is_a_failure_only_under_ci_on_root_linux_with_apt() -> None:
-    root_linux = dict(euid=0, platform="linux", apt_get="/usr/bin/apt-get")
-    assert skip_is_a_failure({"CI": "true"}, **root_linux)
-    assert skip_is_a_failure({"CI": "1"}, **root_linux)
-    assert not skip_is_a_failure({}, **root_linux)
-    assert not skip_is_a_failure({"CI": "false"}, **root_linux)
-    assert not skip_is_a_failure({"CI": "true"}, **{**root_linux, "euid": 1000})
-    assert not skip_is_a_failure({"CI": "true"}, **{**root_linux, "platform": "darwin"})
-    assert not skip_is_a_failure({"CI": "true"}, **{**root_linux, "apt_get": None})
+@pytest.mark.parametrize(
+    ("ci", "euid", "platform", "apt_get", "fails"),
+    [
+        ("true", 0, "linux", "/usr/bin/apt-get", True),
+        ("1", 0, "linux", "/usr/bin/apt-get", True),
+        (None, 0, "linux", "/usr/bin/apt-get", False),
+        ("false", 0, "linux", "/usr/bin/apt-get", False),
+        ("true", 1000, "linux", "/usr/bin/apt-get", False),
+        ("true", 0, "darwin", "/usr/bin/apt-get", False),
+        ("true", 0, "linux", None, False),
+    ],
+)
+def test_a_skip_fails_only_under_ci_on_root_linux_with_apt(
+    skip_or_fail: Callable[[str, str], NoReturn],
+    monkeypatch: pytest.MonkeyPatch,
+    ci: str | None,
+    euid: int,
+    platform: str,
+    apt_get: str | None,
+    fails: bool,
+) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(os, "geteuid", lambda: euid, raising=False)
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: apt_get if name == "apt-get" else None)
+    with pytest.raises(pytest.fail.Exception if fails else pytest.skip.Exception, match="podman is missing"):
+        skip_or_fail("podman is missing", "podman")
 
 
 @pytest.mark.container
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a cold run installs podman and builds the base image first
-def test_container_check_with_podman(small_models: dict[str, Path]) -> None:
+def test_container_check_with_podman(
+    small_models: dict[str, Path], skip_or_fail: Callable[[str, str], NoReturn]
+) -> None:
     """``scripts/container-check``: build, size, compose up, predict, bad uploads, healthcheck, non-root, down."""
     env = {**os.environ, "CATDOG_PYTHON": sys.executable}
     proc = subprocess.run(
@@ -445,9 +464,7 @@ def test_container_check_with_podman(small_models: dict[str, Path]) -> None:
     if proc.returncode == check.SKIP:
         reason = [line for line in output.splitlines() if "SKIPPED" in line]
         reason_text = reason[-1] if reason else output[-500:]
-        if skip_is_a_failure(dict(os.environ), os.geteuid(), sys.platform, shutil.which("apt-get")):
-            pytest.fail(f"CI on a root Linux machine, where podman installs from Debian, must run this: {reason_text}")
-        pytest.skip(reason_text)
+        skip_or_fail(reason_text, "podman")
     assert proc.returncode == 0, output[-6000:]
     facts = json.loads(output.split("PASSED in ", 1)[1].split(": ", 1)[1].splitlines()[0])
     # What the README and docs/container.md claim: stopped within about a second; the image adds <= 180 MB.

@@ -13,15 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import requests
 from PIL import Image
 from serve_helpers import ExportedModel, Server, cat, encode, export_models, make_no_torch_path, start_server, stop
-from test_container import skip_is_a_failure
 
 pytestmark = pytest.mark.slow
 
@@ -57,17 +56,11 @@ def test_page_is_shipped_self_contained_and_accessible() -> None:
 # --------------------------------------------------------------------------------------------------
 # the browser
 # --------------------------------------------------------------------------------------------------
-def _skip_or_fail(reason: str) -> None:
-    if skip_is_a_failure(dict(os.environ), os.geteuid(), sys.platform, shutil.which("apt-get")):
-        pytest.fail(f"CI on a root Linux machine, where Chromium installs from Debian, must run this: {reason}")
-    pytest.skip(reason)
-
-
 def _browser_paths() -> tuple[str | None, str | None]:
     return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 
 
-def find_chromium() -> tuple[str, str]:
+def find_chromium(skip_or_fail: Callable[[str, str], NoReturn]) -> tuple[str, str]:
     """Paths of Chromium and chromedriver, installed from Debian when root on Linux; else skip (or fail under CI)."""
     chromium, driver = _browser_paths()
     apt_get = shutil.which("apt-get")
@@ -78,21 +71,22 @@ def find_chromium() -> tuple[str, str]:
         subprocess.run(install, check=False, capture_output=True, timeout=900, env=env)
         chromium, driver = _browser_paths()
     if not chromium or not driver:
-        _skip_or_fail(
+        skip_or_fail(
             "headless Chromium and chromedriver are not installed (as root on Debian or Ubuntu: "
-            "apt-get install chromium chromium-driver)"
+            "apt-get install chromium chromium-driver)",
+            "Chromium",
         )
     return str(chromium), str(driver)
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory, skip_or_fail: Callable[[str, str], NoReturn]) -> Iterator[Any]:
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        _skip_or_fail("selenium is not installed (pip install 'catdog[dev]')")
-    chromium, driver_path = find_chromium()
+        skip_or_fail("selenium is not installed (pip install 'catdog[dev]')", "Chromium")
+    chromium, driver_path = find_chromium(skip_or_fail)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
