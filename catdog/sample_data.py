@@ -208,13 +208,23 @@ def generate(
         raise CatDogError(f"--corrupt {corrupt} is more than the number of cats or dogs generated")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # draws the cats, then the dogs: one stream, so the order matters
     bad = set(rng.choice(cats, size=corrupt, replace=False).tolist()) if corrupt else set()
-    corrupt_files: list[str] = []
+    cats_source, bad_cats = _write_cats_source(out, cats, bad, size, seed, rng, as_zip)
+    dogs_source, bad_dogs = _write_dogs_source(out, dogs_per_breed, breeds, corrupt, size, seed, rng, as_zip)
+    return SampleData(cats_source, dogs_source, tuple(bad_cats + bad_dogs))
 
-    # Dogs vs. Cats: train/{cat,dog}.<n>.jpg, test1/<n>.jpg, sampleSubmission.csv
-    cats_root = out / CATS_DIRNAME
-    train = _Writer(cats_root, as_zip)
+
+def _write_cats_source(
+    out: Path, cats: int, bad: set[int], size: int, seed: int, rng: np.random.Generator, as_zip: bool
+) -> tuple[Path, list[str]]:
+    """Dogs vs. Cats: ``train/{cat,dog}.<n>.jpg``, ``test1/<n>.jpg``, ``sampleSubmission.csv``.
+
+    The cats numbered in ``bad`` are truncated. Returns the source to fuse and the truncated files.
+    """
+    root = out / CATS_DIRNAME
+    corrupt_files: list[str] = []
+    train = _Writer(root, as_zip)
     for n in range(cats):
         data = _jpeg_bytes(draw_cat(rng, size), rng)
         if n in bad:
@@ -223,55 +233,82 @@ def generate(
         train.write(f"train/cat.{n}.jpg", data)
     for n in range(max(2, cats // 10)):  # the competition's own dogs; fusion ignores them
         train.write(f"train/dog.{n}.jpg", _jpeg_bytes(draw_dog(rng, size, breed_style(n, seed)), rng))
-    test1 = _Writer(cats_root, as_zip)
+    test1 = _Writer(root, as_zip)
     for n in range(1, 4):
         test1.write(f"test1/{n}.jpg", _jpeg_bytes(draw_cat(rng, size), rng))
     submission = "id,label\n" + "".join(f"{n},0\n" for n in range(1, 4))
-    if as_zip:
-        cats_source = out / f"{CATS_DIRNAME}.zip"
-        with zipfile.ZipFile(cats_source, "w", zipfile.ZIP_STORED) as outer:
-            outer.writestr("train.zip", train.getvalue())
-            outer.writestr("test1.zip", test1.getvalue())
-            outer.writestr("sampleSubmission.csv", submission)
-    else:
-        cats_source = cats_root
-        (cats_root / "sampleSubmission.csv").write_text(submission)
+    if not as_zip:
+        (root / "sampleSubmission.csv").write_text(submission)
+        return root, corrupt_files
+    source = out / f"{CATS_DIRNAME}.zip"
+    with zipfile.ZipFile(source, "w", zipfile.ZIP_STORED) as outer:
+        outer.writestr("train.zip", train.getvalue())
+        outer.writestr("test1.zip", test1.getvalue())
+        outer.writestr("sampleSubmission.csv", submission)
+    return source, corrupt_files
 
-    # Dog Breed Identification: labels.csv (id,breed), train/<id>.jpg, test/<id>.jpg
-    dogs_root = out / DOGS_DIRNAME
-    dogs = _Writer(dogs_root, as_zip)
+
+def _write_dogs_source(
+    out: Path,
+    dogs_per_breed: int,
+    breeds: int,
+    corrupt: int,
+    size: int,
+    seed: int,
+    rng: np.random.Generator,
+    as_zip: bool,
+) -> tuple[Path, list[str]]:
+    """Dog Breed Identification: ``labels.csv`` (id,breed), ``train/<id>.jpg``, ``test/<id>.jpg``, a submission.
+
+    ``corrupt`` of the training dogs are truncated. Returns the source to fuse and the truncated files.
+    """
+    root = out / DOGS_DIRNAME
+    dogs = _Writer(root, as_zip)
     id_rng = np.random.default_rng([seed, 1])
-    rows: list[tuple[str, str]] = []
-    total_dogs = breeds * dogs_per_breed
-    bad_dogs = set(np.random.default_rng([seed, 3]).choice(total_dogs, size=corrupt, replace=False).tolist())
-    for b in range(breeds):
-        style = breed_style(b, seed)
-        for _ in range(dogs_per_breed):
-            image_id = uuid.UUID(bytes=id_rng.bytes(16), version=4).hex
-            data = _jpeg_bytes(draw_dog(rng, size, style), rng)
-            if len(rows) in bad_dogs:
-                data = _corrupt(data)
-                corrupt_files.append(f"train/{image_id}.jpg")
-            rows.append((image_id, BREED_NAMES[b]))
-            dogs.write(f"train/{image_id}.jpg", data)
+    rows, corrupt_files = _write_breed_images(dogs, dogs_per_breed, breeds, corrupt, size, seed, rng, id_rng)
     order = np.random.default_rng([seed, 2]).permutation(len(rows))
-    rows = [rows[i] for i in order]
     labels = io.StringIO()
     writer = csv.writer(labels, lineterminator="\n")
     writer.writerow(["id", "breed"])
-    writer.writerows(rows)
+    writer.writerows(rows[i] for i in order)
     dogs.write("labels.csv", labels.getvalue().encode())
     test_ids = [uuid.UUID(bytes=id_rng.bytes(16), version=4).hex for _ in range(3)]
     for image_id in test_ids:
         dogs.write(f"test/{image_id}.jpg", _jpeg_bytes(draw_dog(rng, size, breed_style(0, seed)), rng))
     header = "id," + ",".join(BREED_NAMES[:breeds]) + "\n"
     dogs.write("sample_submission.csv", (header + "".join(f"{i}{',0' * breeds}\n" for i in test_ids)).encode())
-    if as_zip:
-        dogs_source = out / f"{DOGS_DIRNAME}.zip"
-        dogs_source.write_bytes(dogs.getvalue())
-    else:
-        dogs_source = dogs_root
-    return SampleData(cats_source, dogs_source, tuple(corrupt_files))
+    if not as_zip:
+        return root, corrupt_files
+    source = out / f"{DOGS_DIRNAME}.zip"
+    source.write_bytes(dogs.getvalue())
+    return source, corrupt_files
+
+
+def _write_breed_images(
+    dogs: _Writer,
+    dogs_per_breed: int,
+    breeds: int,
+    corrupt: int,
+    size: int,
+    seed: int,
+    rng: np.random.Generator,
+    id_rng: np.random.Generator,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``train/<id>.jpg`` for ``dogs_per_breed`` dogs of each breed: the (id, breed) rows and the truncated files."""
+    rows: list[tuple[str, str]] = []
+    corrupt_files: list[str] = []
+    bad = set(np.random.default_rng([seed, 3]).choice(breeds * dogs_per_breed, size=corrupt, replace=False).tolist())
+    for b in range(breeds):
+        style = breed_style(b, seed)
+        for _ in range(dogs_per_breed):
+            image_id = uuid.UUID(bytes=id_rng.bytes(16), version=4).hex
+            data = _jpeg_bytes(draw_dog(rng, size, style), rng)
+            if len(rows) in bad:
+                data = _corrupt(data)
+                corrupt_files.append(f"train/{image_id}.jpg")
+            rows.append((image_id, BREED_NAMES[b]))
+            dogs.write(f"train/{image_id}.jpg", data)
+    return rows, corrupt_files
 
 
 def main(argv: list[str] | None = None) -> int:
