@@ -206,12 +206,8 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
     finally:
         workers = descendants(proc.pid)
         start = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output, stopped = terminate(proc)
+        if not stopped:
             pytest.fail(f"catdog serve ignored SIGTERM for 15 s:\n{output[-3000:]}")
     stopped_in = time.monotonic() - start
     assert proc.returncode == 0, output[-3000:]
@@ -220,6 +216,16 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
     left = [pid for pid, cmdline in workers.items() if _cmdline(pid) == cmdline]
     assert not left, f"worker processes {left} outlived the server"
     assert stopped_in <= check.STOP_LIMIT_S, f"SIGTERM took {stopped_in:.2f} s to stop the server"
+
+
+def terminate(proc: subprocess.Popen) -> tuple[str, bool]:
+    """SIGTERM, then read the output to the end; SIGKILL after 15 s: (output, whether SIGTERM stopped it)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=15)[0], True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0], False
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -369,12 +375,7 @@ def test_serve_extra_alone_serves_without_torch_or_pandas(
             assert status == 200, payload
             check.check_prediction(payload, name, check.expected_probabilities(path, image))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output, _ = terminate(proc)
     assert proc.returncode == 0, output[-3000:]
 
 
