@@ -78,6 +78,8 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
 
 def copy_configs(out: Path, force: bool = False) -> list[Path]:
     """Copy the packaged configs into ``out`` (sub-folders kept); refuses existing files unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise CatDogError(f"--out {out}: exists and is not a folder; choose another --out")
     folder = packaged_config_dir()
     pairs = [(folder / f"{name}{SUFFIX}", out / f"{name}{SUFFIX}") for name in packaged_config_names()]
     existing = [target for _, target in pairs if target.exists()]

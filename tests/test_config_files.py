@@ -145,6 +145,9 @@ def test_catdog_configs_copies_them_out_and_refuses_to_overwrite(
     assert (out / "scratch.yaml").read_text() == "# edited\n"
     assert catdog(["configs", "--out", str(out), "--force"]) == 0
     assert (out / "scratch.yaml").read_bytes() == (packaged_config_dir() / "scratch.yaml").read_bytes()
+    (elsewhere / "a-file").write_text("")
+    assert catdog(["configs", "--out", "a-file"]) == 2
+    assert "--out a-file: exists and is not a folder" in capsys.readouterr().err
     # The copied compare.yaml reads the copied configs.
     from catdog.compare_plan import load_config
 
