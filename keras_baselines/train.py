@@ -28,7 +28,7 @@ from catdog.splits import write_file_list
 from keras_baselines import DEFAULT_BN_MOMENTUM, DEFAULT_BN_RECALIBRATION_BATCHES, DEFAULT_BN_RECALIBRATION_STEPS
 from keras_baselines import data as data_lib
 from keras_baselines.callbacks import BEST_CHECKPOINT, CHECKPOINTS_DIRNAME, make_callbacks
-from keras_baselines.models import build_model, dog_probability, get_spec
+from keras_baselines.models import ModelSpec, build_model, dog_probability, get_spec
 
 RUN_INFO = "run.json"
 VAL_FILES = "val_files.txt"
@@ -116,6 +116,30 @@ def train(config: TrainConfig) -> RunMetrics:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SKIPPED).unlink(missing_ok=True)
     write_file_list(splits.val_files, run_dir / VAL_FILES)
+    epochs_run, train_seconds = _fit(model, spec, splits, run_dir, config)
+
+    checkpoint = run_dir / CHECKPOINTS_DIRNAME / BEST_CHECKPOINT
+    predictions = predict_test(
+        keras.saving.load_model(checkpoint), splits.test, splits.test_files, splits.test_labels, run_dir
+    )
+    info = _run_info(config, spec, splits, epochs_run, train_seconds, checkpoint)
+    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    metrics = run_metrics_from_predictions(
+        predictions,
+        model=spec.name,
+        framework="keras",
+        pretrained=spec.pretrained,
+        num_params=int(model.count_params()),
+        epochs=epochs_run,
+        train_seconds=train_seconds,
+        checkpoint=str(checkpoint),
+    )
+    write_metrics(metrics, run_dir)
+    return metrics
+
+
+def _fit(model: Any, spec: ModelSpec, splits: data_lib.Splits, run_dir: Path, config: TrainConfig) -> tuple[int, float]:
+    """``model.fit`` with the run's callbacks (checkpoints, history, early stopping): (epochs run, seconds)."""
     callbacks = make_callbacks(
         spec,
         run_dir,
@@ -135,14 +159,19 @@ def train(config: TrainConfig) -> RunMetrics:
         shuffle=False,  # the training pipeline shuffles
         verbose=config.verbose,
     )
-    train_seconds = round(time.perf_counter() - start, 3)
-    epochs_run = len(history.history.get("loss", []))
+    return len(history.history.get("loss", [])), round(time.perf_counter() - start, 3)
 
-    checkpoint = run_dir / CHECKPOINTS_DIRNAME / BEST_CHECKPOINT
-    predictions = predict_test(
-        keras.saving.load_model(checkpoint), splits.test, splits.test_files, splits.test_labels, run_dir
-    )
-    info = {
+
+def _run_info(
+    config: TrainConfig,
+    spec: ModelSpec,
+    splits: data_lib.Splits,
+    epochs_run: int,
+    train_seconds: float,
+    checkpoint: Path,
+) -> dict[str, Any]:
+    """What ``run.json`` records: what was trained, on what, for how long, and the checkpoint tested."""
+    return {
         "model": spec.name,
         "pretrained": spec.pretrained,
         "epochs": epochs_run,
@@ -156,19 +185,6 @@ def train(config: TrainConfig) -> RunMetrics:
         "checkpoint": str(checkpoint),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
     }
-    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    metrics = run_metrics_from_predictions(
-        predictions,
-        model=spec.name,
-        framework="keras",
-        pretrained=spec.pretrained,
-        num_params=int(model.count_params()),
-        epochs=epochs_run,
-        train_seconds=train_seconds,
-        checkpoint=str(checkpoint),
-    )
-    write_metrics(metrics, run_dir)
-    return metrics
 
 
 def _find_run_info(model_path: Path) -> tuple[Path, dict[str, Any]] | None:
