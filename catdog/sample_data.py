@@ -186,6 +186,21 @@ class _Writer:
         return self._buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class _Jpegs:
+    """Draws the JPEGs of one ``generate`` call from its one random stream (so the order of calls matters)."""
+
+    rng: np.random.Generator
+    size: int
+    seed: int
+
+    def cat(self) -> bytes:
+        return _jpeg_bytes(draw_cat(self.rng, self.size), self.rng)
+
+    def dog(self, breed: int) -> bytes:
+        return _jpeg_bytes(draw_dog(self.rng, self.size, breed_style(breed, self.seed)), self.rng)
+
+
 def generate(
     out: str | Path,
     cats: int = 200,
@@ -208,39 +223,39 @@ def generate(
         raise CatDogError(f"--corrupt {corrupt} is more than the number of cats or dogs generated")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)  # draws the cats, then the dogs: one stream, so the order matters
+    rng = np.random.default_rng(seed)
     bad = set(rng.choice(cats, size=corrupt, replace=False).tolist()) if corrupt else set()
-    cats_source, bad_cats = _write_cats_source(out, cats, bad, size, seed, rng, as_zip)
-    dogs_source, bad_dogs = _write_dogs_source(out, dogs_per_breed, breeds, corrupt, size, seed, rng, as_zip)
+    jpegs = _Jpegs(rng, size, seed)  # the cats first, then the dogs
+    cats_source, bad_cats = _write_cats_source(out / CATS_DIRNAME, as_zip, jpegs, cats, bad)
+    bad = set(np.random.default_rng([seed, 3]).choice(breeds * dogs_per_breed, size=corrupt, replace=False).tolist())
+    dogs_source, bad_dogs = _write_dogs_source(out / DOGS_DIRNAME, as_zip, jpegs, breeds, dogs_per_breed, bad)
     return SampleData(cats_source, dogs_source, tuple(bad_cats + bad_dogs))
 
 
-def _write_cats_source(
-    out: Path, cats: int, bad: set[int], size: int, seed: int, rng: np.random.Generator, as_zip: bool
-) -> tuple[Path, list[str]]:
+def _write_cats_source(root: Path, as_zip: bool, jpegs: _Jpegs, cats: int, bad: set[int]) -> tuple[Path, list[str]]:
     """Dogs vs. Cats: ``train/{cat,dog}.<n>.jpg``, ``test1/<n>.jpg``, ``sampleSubmission.csv``.
 
-    The cats numbered in ``bad`` are truncated. Returns the source to fuse and the truncated files.
+    The cats numbered in ``bad`` are truncated. Returns the source to fuse (``root`` or ``root.zip``) and
+    the truncated files.
     """
-    root = out / CATS_DIRNAME
     corrupt_files: list[str] = []
     train = _Writer(root, as_zip)
     for n in range(cats):
-        data = _jpeg_bytes(draw_cat(rng, size), rng)
+        data = jpegs.cat()
         if n in bad:
             data = _corrupt(data)
             corrupt_files.append(f"train/cat.{n}.jpg")
         train.write(f"train/cat.{n}.jpg", data)
     for n in range(max(2, cats // 10)):  # the competition's own dogs; fusion ignores them
-        train.write(f"train/dog.{n}.jpg", _jpeg_bytes(draw_dog(rng, size, breed_style(n, seed)), rng))
+        train.write(f"train/dog.{n}.jpg", jpegs.dog(n))
     test1 = _Writer(root, as_zip)
     for n in range(1, 4):
-        test1.write(f"test1/{n}.jpg", _jpeg_bytes(draw_cat(rng, size), rng))
+        test1.write(f"test1/{n}.jpg", jpegs.cat())
     submission = "id,label\n" + "".join(f"{n},0\n" for n in range(1, 4))
     if not as_zip:
         (root / "sampleSubmission.csv").write_text(submission)
         return root, corrupt_files
-    source = out / f"{CATS_DIRNAME}.zip"
+    source = root.with_name(f"{root.name}.zip")
     with zipfile.ZipFile(source, "w", zipfile.ZIP_STORED) as outer:
         outer.writestr("train.zip", train.getvalue())
         outer.writestr("test1.zip", test1.getvalue())
@@ -249,24 +264,27 @@ def _write_cats_source(
 
 
 def _write_dogs_source(
-    out: Path,
-    dogs_per_breed: int,
-    breeds: int,
-    corrupt: int,
-    size: int,
-    seed: int,
-    rng: np.random.Generator,
-    as_zip: bool,
+    root: Path, as_zip: bool, jpegs: _Jpegs, breeds: int, dogs_per_breed: int, bad: set[int]
 ) -> tuple[Path, list[str]]:
     """Dog Breed Identification: ``labels.csv`` (id,breed), ``train/<id>.jpg``, ``test/<id>.jpg``, a submission.
 
-    ``corrupt`` of the training dogs are truncated. Returns the source to fuse and the truncated files.
+    ``dogs_per_breed`` dogs of each of the first ``breeds`` breeds; the dogs numbered in ``bad`` (in drawing
+    order) are truncated. Returns the source to fuse (``root`` or ``root.zip``) and the truncated files.
     """
-    root = out / DOGS_DIRNAME
     dogs = _Writer(root, as_zip)
-    id_rng = np.random.default_rng([seed, 1])
-    rows, corrupt_files = _write_breed_images(dogs, dogs_per_breed, breeds, corrupt, size, seed, rng, id_rng)
-    order = np.random.default_rng([seed, 2]).permutation(len(rows))
+    id_rng = np.random.default_rng([jpegs.seed, 1])
+    rows: list[tuple[str, str]] = []  # (id, breed)
+    corrupt_files: list[str] = []
+    for breed in range(breeds):
+        for _ in range(dogs_per_breed):
+            image_id = uuid.UUID(bytes=id_rng.bytes(16), version=4).hex
+            data = jpegs.dog(breed)
+            if len(rows) in bad:
+                data = _corrupt(data)
+                corrupt_files.append(f"train/{image_id}.jpg")
+            rows.append((image_id, BREED_NAMES[breed]))
+            dogs.write(f"train/{image_id}.jpg", data)
+    order = np.random.default_rng([jpegs.seed, 2]).permutation(len(rows))
     labels = io.StringIO()
     writer = csv.writer(labels, lineterminator="\n")
     writer.writerow(["id", "breed"])
@@ -274,41 +292,14 @@ def _write_dogs_source(
     dogs.write("labels.csv", labels.getvalue().encode())
     test_ids = [uuid.UUID(bytes=id_rng.bytes(16), version=4).hex for _ in range(3)]
     for image_id in test_ids:
-        dogs.write(f"test/{image_id}.jpg", _jpeg_bytes(draw_dog(rng, size, breed_style(0, seed)), rng))
+        dogs.write(f"test/{image_id}.jpg", jpegs.dog(0))
     header = "id," + ",".join(BREED_NAMES[:breeds]) + "\n"
     dogs.write("sample_submission.csv", (header + "".join(f"{i}{',0' * breeds}\n" for i in test_ids)).encode())
     if not as_zip:
         return root, corrupt_files
-    source = out / f"{DOGS_DIRNAME}.zip"
+    source = root.with_name(f"{root.name}.zip")
     source.write_bytes(dogs.getvalue())
     return source, corrupt_files
-
-
-def _write_breed_images(
-    dogs: _Writer,
-    dogs_per_breed: int,
-    breeds: int,
-    corrupt: int,
-    size: int,
-    seed: int,
-    rng: np.random.Generator,
-    id_rng: np.random.Generator,
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """``train/<id>.jpg`` for ``dogs_per_breed`` dogs of each breed: the (id, breed) rows and the truncated files."""
-    rows: list[tuple[str, str]] = []
-    corrupt_files: list[str] = []
-    bad = set(np.random.default_rng([seed, 3]).choice(breeds * dogs_per_breed, size=corrupt, replace=False).tolist())
-    for b in range(breeds):
-        style = breed_style(b, seed)
-        for _ in range(dogs_per_breed):
-            image_id = uuid.UUID(bytes=id_rng.bytes(16), version=4).hex
-            data = _jpeg_bytes(draw_dog(rng, size, style), rng)
-            if len(rows) in bad:
-                data = _corrupt(data)
-                corrupt_files.append(f"train/{image_id}.jpg")
-            rows.append((image_id, BREED_NAMES[b]))
-            dogs.write(f"train/{image_id}.jpg", data)
-    return rows, corrupt_files
 
 
 def main(argv: list[str] | None = None) -> int:
