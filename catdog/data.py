@@ -8,6 +8,12 @@ reads ``predict_dir`` (default ``test/``). Training images go through the albume
 :func:`catdog.transforms.train_augmentation`; everything else through the one
 :func:`catdog.transforms.eval_transform`.
 
+The training order is an :class:`EpochSampler`: a permutation that is a pure function of (run seed, epoch),
+moved on by ``set_epoch`` (Lightning's fit loop calls it before every epoch); the training loader's
+worker seeds come from the sampler's own generator, seeded from (run seed, epoch) too. Nothing the training
+loader does draws from torch's global random generator, and the data module's checkpoint state holds the
+epoch a resumed fit starts at, so a resumed epoch sees the data of the same epoch of an uninterrupted fit.
+
 Plain PyTorch use (the Poutyne trainer does this)::
 
     dm = CatDogDataModule("dataset", image_size=224, batch_size=32)
@@ -18,19 +24,62 @@ Plain PyTorch use (the Poutyne trainer does this)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog import CLASSES, CatDogError
 from catdog.model import DEFAULT_MODEL, preprocess_config_for
 from catdog.splits import labelled_images, list_images, split_train
 from catdog.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
+
+
+def run_seed() -> int:
+    """The run's seed: the one ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0 (as Lightning's samplers)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 32-bit seed that depends only on (``seed``, ``epoch``, ``stream``)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler[int]):
+    """A random order of ``range(size)`` that is a pure function of (``seed``, epoch).
+
+    ``set_epoch`` chooses the epoch (Lightning's fit loop calls it on the training loader's sampler before
+    every epoch; the Poutyne trainer does the same). :attr:`generator`, given to the ``DataLoader``, makes
+    the worker seeds (one draw per iterator made): it is reseeded from (``seed``, epoch) whenever the epoch
+    changes, so the n-th iterator of an epoch gets the same worker seeds in every run, resumed or not.
+    """
+
+    def __init__(self, size: int, seed: int = 0, epoch: int = 0) -> None:
+        self.size, self.seed = int(size), int(seed)
+        self.generator = torch.Generator()
+        self.epoch = -1
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s order from the next iterator on; reseed :attr:`generator` when the epoch changes."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self.generator.manual_seed(epoch_seed(self.seed, self.epoch, stream=1))
+
+    def order(self) -> list[int]:
+        """This epoch's order."""
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class ImageDataset(Dataset):
@@ -142,6 +191,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.val_set: ImageDataset | None = None
         self.test_set: ImageDataset | None = None
         self.predict_set: ImageDataset | None = None
+        self._first_train_epoch = 0  # the epoch a resumed fit starts at (load_state_dict)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -184,16 +234,33 @@ class CatDogDataModule(pl.LightningDataModule):
             dataset = {"fit": self.train_set, "validate": self.val_set, "test": self.test_set}.get(
                 stage, self.predict_set
             )
+        sampler = None
+        if shuffle:
+            # Lightning makes the training iterator before it calls set_epoch (and, when resuming, before it
+            # restores the fit loop), so the sampler starts at the epoch the fit starts at.
+            sampler = EpochSampler(len(dataset), seed=run_seed(), epoch=self._first_train_epoch)  # type: ignore[arg-type]
         return DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=default_collate,
             drop_last=stage == "fit",  # a last training batch of one image breaks train-mode BatchNorm
+            generator=sampler.generator if sampler is not None else None,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint state: ``train_epoch``, the epoch a fit resumed from this checkpoint starts at."""
+        if self.trainer is None:
+            return {"train_epoch": self._first_train_epoch}
+        # the epoch Lightning's fit loop passes to set_epoch next (when the fit goes on from here)
+        return {"train_epoch": int(self.trainer.fit_loop.epoch_progress.current.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Start the training order at the checkpoint's ``train_epoch`` (Lightning restores this before the loaders)."""
+        self._first_train_epoch = int(state_dict.get("train_epoch", 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, "fit")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from catdog import CLASSES, CatDogError
-from catdog.data import CatDogDataModule
+from catdog.data import CatDogDataModule, EpochSampler
 from catdog.model import preprocess_config_for
 from catdog.splits import relative_name, stratified_split, write_file_list
 from catdog.transforms import ImageDecodeError, preprocess
@@ -179,3 +179,66 @@ def test_missing_folders_are_clear_errors(fused_dataset: Path, tmp_path: Path) -
     shutil.rmtree(data / "train" / "dog")
     with pytest.raises(CatDogError, match="train/dog"):
         _datamodule(data).setup("fit")
+
+
+def _first_batch(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = next(iter(loader))
+    return images, labels
+
+
+def test_the_training_order_is_a_function_of_the_run_seed_and_the_epoch(
+    fused_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what seed_everything(5) sets
+    dm = _datamodule(fused_dataset)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    sampler = loader.sampler
+    assert isinstance(sampler, EpochSampler) and (sampler.seed, sampler.epoch) == (5, 0)
+    assert loader.generator is sampler.generator  # the worker seeds come from (seed, epoch) too
+    first = sampler.order()
+    assert sorted(first) == list(range(len(dm.train_set)))
+    assert first == EpochSampler(len(dm.train_set), seed=5).order() != EpochSampler(len(dm.train_set), 6).order()
+    state = torch.get_rng_state()
+    images, labels = _first_batch(loader)
+    assert torch.equal(torch.get_rng_state(), state), "the training loader drew from torch's global generator"
+    assert labels.tolist() == [dm.train_set.labels[i] for i in first[:16]]
+    sampler.set_epoch(1)
+    assert sampler.order() != first and sampler.order() == EpochSampler(len(dm.train_set), 5, epoch=1).order()
+
+
+def test_a_resumed_training_loader_starts_at_the_checkpoints_epoch(fused_dataset: Path) -> None:
+    """Lightning restores the data module's state before it makes the loader, and calls set_epoch after."""
+    dm = _datamodule(fused_dataset)
+    dm.setup("fit")
+    assert dm.state_dict() == {"train_epoch": 0}
+    dm.load_state_dict({"train_epoch": 2})
+    assert dm.state_dict() == {"train_epoch": 2}
+    resumed = dm.train_dataloader().sampler
+    running = _datamodule(fused_dataset).train_dataloader().sampler
+    running.set_epoch(1)
+    running.set_epoch(2)
+    assert resumed.epoch == 2 and resumed.order() == running.order()
+
+    def worker_seed(generator: torch.Generator) -> int:  # what each DataLoader iterator draws
+        return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+
+    assert worker_seed(resumed.generator) == worker_seed(running.generator)  # the epoch's training iterator
+    resumed.set_epoch(2)  # Lightning's call after it made the resumed iterator: the same epoch, no reseed
+    assert worker_seed(resumed.generator) == worker_seed(running.generator)  # e.g. BatchNorm re-estimation
+
+
+def test_worker_augmentation_depends_only_on_the_seed_and_the_epoch(fused_dataset: Path) -> None:
+    """With worker processes, an epoch's batches are the same whether the loader got there or started there."""
+    running = _datamodule(fused_dataset, num_workers=2)
+    running.setup("fit")
+    loader = running.train_dataloader()
+    epoch0 = _first_batch(loader)
+    loader.sampler.set_epoch(1)
+    epoch1 = _first_batch(loader)
+    resumed = _datamodule(fused_dataset, num_workers=2)
+    resumed.load_state_dict({"train_epoch": 1})
+    resumed.setup("fit")
+    again = _first_batch(resumed.train_dataloader())
+    assert torch.equal(again[0], epoch1[0]) and torch.equal(again[1], epoch1[1])
+    assert not torch.equal(epoch0[0], epoch1[0])
