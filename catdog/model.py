@@ -450,15 +450,20 @@ class CatDogClassifier(pl.LightningModule):
         return {"loss": loss, "p_dog": dog_prob}
 
     def on_validation_start(self) -> None:
-        """Re-estimate the BatchNorm statistics on training batches while few steps have run (fit only)."""
+        """Re-estimate the BatchNorm statistics on training batches while few steps have run (fit only).
+
+        The training loader draws from its own generator, and torch's global one (dropout in the train-mode
+        passes) is restored afterwards, so the re-estimation changes no later random draw.
+        """
         trainer = self.trainer
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.hparams.bn_recalibration_batches <= 0:
             return
         if trainer.global_step >= self.hparams.bn_recalibration_steps:
             return
-        recalibrate_batchnorm(
-            self.network, trainer.train_dataloader, self.hparams.bn_recalibration_batches, device=self.device
-        )
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            recalibrate_batchnorm(
+                self.network, trainer.train_dataloader, self.hparams.bn_recalibration_batches, device=self.device
+            )
 
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = []
