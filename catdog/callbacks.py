@@ -130,21 +130,29 @@ class EpochSeeds(Callback):
     """Reseed torch, numpy and ``random`` at the start of every training epoch from (run seed, epoch).
 
     Each epoch starts from random-generator states that depend only on the run's seed and the epoch number
-    (Lightning checkpoints hold no generator state), so the randomness of a resumed fit's epochs does not
-    depend on how the process got there. Not yet verified: that a resumed fit reproduces an uninterrupted
-    one bit for bit (a 2-epoch comparison at 32 px gave different weights after the resumed epoch). The run
-    seed is ``seed``, else the one ``seed_everything`` set (``PL_GLOBAL_SEED``), else 0.
+    (Lightning checkpoints hold no generator state), so the randomness of a resumed fit's epochs (dropout,
+    augmentation in the main process) does not depend on how the process got there. The data order and
+    the loader's worker seeds are :class:`catdog.data.EpochSampler`'s, also a function of (run seed, epoch).
+    Together they make a fit interrupted after an epoch and resumed from ``last.ckpt`` with the same options
+    end with the weights, optimizer state and per-epoch ``val_loss`` of the uninterrupted fit (CPU,
+    ``tests/test_resume.py``). The run seed is ``seed``, else the one ``seed_everything`` set
+    (``PL_GLOBAL_SEED``), else 0.
     """
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def reseed(self, epoch: int) -> int:
+        """Seed torch (every device), numpy and ``random`` for ``epoch`` (counted from 0); returns the seed."""
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed = int(np.random.SeedSequence([base, trainer.current_epoch]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([base, epoch]).generate_state(1)[0])
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # every device's generator too
+        return seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.reseed(trainer.current_epoch)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -164,14 +163,16 @@ class RecalibrateBatchNorm(Callback):
             return
         from catdog.model import recalibrate_batchnorm
 
-        recalibrate_batchnorm(self.model.network, self.loader, self.max_batches, device=self.device)
+        device = torch.device(self.device or "cpu")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # as CatDogClassifier
+            recalibrate_batchnorm(self.model.network, self.loader, self.max_batches, device=self.device)
 
 
 class EpochSeeds(Callback):
     """Reseed torch, numpy and ``random`` at the start of every epoch as ``catdog fit`` does.
 
-    The reseeding is :class:`catdog.callbacks.EpochSeeds`' own (the Lightning callback, called with the
-    0-based epoch number), so both trainers draw the same data order, augmentation and dropout per epoch.
+    The reseeding is :meth:`catdog.callbacks.EpochSeeds.reseed` with the 0-based epoch number, so both
+    trainers draw the same augmentation and dropout per epoch.
     """
 
     def __init__(self, seed: int | None = None) -> None:
@@ -181,19 +182,21 @@ class EpochSeeds(Callback):
         self.lightning = LightningEpochSeeds(seed)
 
     def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
-        self.lightning.on_train_epoch_start(SimpleNamespace(current_epoch=epoch_number - 1), None)
+        self.lightning.reseed(epoch_number - 1)
 
 
 class LightningIterationOrder(Callback):
-    """A data loader whose iterators are made when Lightning's loops make them.
+    """A data loader whose iterators are made, and whose sampler is told the epoch, when Lightning's loops do it.
 
     Lightning's fit loop makes the first epoch's training iterator when training starts, before the first
     ``on_train_epoch_start`` (where :class:`EpochSeeds` reseeds), and its validation loop makes the validation
     iterator before ``on_validation_start`` (where the BatchNorm statistics are re-estimated); Poutyne makes
-    each when the first batch is read. Making an iterator draws from torch's random generator, so, passed both
-    as Poutyne's data and as a callback, this makes ``"train"`` data's first iterator at ``on_train_begin``
+    each when the first batch is read. Making an iterator draws from the loader's generator (the training
+    loader's :class:`catdog.data.EpochSampler` has its own; other loaders use torch's global one), so, passed
+    both as Poutyne's data and as a callback, this makes ``"train"`` data's first iterator at ``on_train_begin``
     and every ``"valid"`` iterator at ``on_valid_begin``: both trainers draw the same random numbers in the
-    same order (the sampler's permutation and the re-estimation batches among them).
+    same order. Like Lightning's loops, it calls the sampler's ``set_epoch`` with the 0-based epoch before each
+    epoch (``"train"``) or validation (``"valid"``), so the training order is the epoch's.
     """
 
     def __init__(self, loader: Any, stage: str) -> None:
@@ -202,13 +205,25 @@ class LightningIterationOrder(Callback):
             raise ValueError(f"stage must be 'train' or 'valid', got {stage!r}")
         self.loader, self.stage = loader, stage
         self._made: Any = None
+        self._epoch = 0
+
+    def _set_sampler_epoch(self) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(self._epoch)
 
     def on_train_begin(self, logs: dict) -> None:
         if self.stage == "train":
             self._made = iter(self.loader)
 
+    def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
+        self._epoch = epoch_number - 1
+        if self.stage == "train":
+            self._set_sampler_epoch()
+
     def on_valid_begin(self, logs: dict) -> None:
         if self.stage == "valid":
+            self._set_sampler_epoch()
             self._made = iter(self.loader)
 
     def __iter__(self) -> Any:

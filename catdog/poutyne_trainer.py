@@ -16,7 +16,8 @@ settings are the ``poutyne:`` section (:class:`PoutyneOptions`, ``configs/poutyn
 The rules are Lightning's: the network is trained with the classifier's own losses (label smoothing for
 training, plain cross-entropy for ``val_loss``), :func:`catdog.model.build_optimizer`'s AdamW and per-step
 schedule and the classifier's BatchNorm policy (momentum, statistics re-estimated before early validations);
-epochs are reseeded as ``catdog.callbacks.EpochSeeds`` does when the trainer's callbacks hold it, and the
+epochs are reseeded as ``catdog.callbacks.EpochSeeds`` does when the trainer's callbacks hold it, the data
+module's training sampler (:class:`catdog.data.EpochSampler`) is told each epoch as Lightning tells it, and the
 loaders are iterated in Lightning's order, so from the same config both trainers reach the same weights.
 ``checkpoints/best.ckpt`` is the epoch of lowest ``val_loss``, ``checkpoints/last.ckpt`` the final completed
 epoch (both hold the network's timm state dict). The test split is evaluated with the best weights:
