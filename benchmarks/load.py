@@ -298,7 +298,7 @@ def export_models(workdir: Path, image_size: int) -> dict[str, str]:
     import torch
 
     from catdog.export import export_onnx
-    from catdog.model import build_network, preprocess_config_for
+    from catdog.network import build_network, preprocess_config_for
 
     paths = {}
     for seed, (name, arch) in enumerate((("first", "test_efficientnet"), ("second", "test_resnet"))):

@@ -58,7 +58,7 @@ def generated_setup(workdir: Path, image_size: int, model_name: str) -> tuple[Pa
 
     from catdog.export import as_if_trained, export_onnx
     from catdog.fusion import fuse
-    from catdog.model import build_network, preprocess_config_for
+    from catdog.network import build_network, preprocess_config_for
     from catdog.sample_data import generate
 
     sources = generate(workdir / "kaggle", cats=96, dogs_per_breed=12, breeds=8, size=image_size + 32, seed=0)

@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from catdog.export import export_onnx
-    from catdog.model import build_network, load_classifier, preprocess_config_for
+    from catdog.model import load_classifier
+    from catdog.network import build_network, preprocess_config_for
 
     if args.ckpt:
         classifier = load_classifier(args.ckpt, exportable=True)

@@ -2,8 +2,8 @@
 
     python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20
 
-Every training runner trains the same network (:func:`catdog.model.build_network`) with the same
-optimizer and schedule (:func:`catdog.model.build_optimizer`), batch size, thread count and batches (decoded
+Every training runner trains the same network (:func:`catdog.network.build_network`) with the same
+optimizer and schedule (:func:`catdog.optim.build_optimizer`), batch size, thread count and batches (decoded
 and augmented once by :class:`catdog.data.CatDogDataModule`, then kept in memory, so only the training loop
 differs). The first ``--warmup`` steps are not timed; runners alternate over ``--rounds`` rounds and each
 figure is the median, so that load from other processes hits every runner alike. The data figure is the
@@ -43,13 +43,13 @@ class Bench:
     batches: list[tuple[torch.Tensor, torch.Tensor]]  # warmup + steps batches, in memory
 
     def network(self) -> torch.nn.Module:
-        from catdog.model import build_network
+        from catdog.network import build_network
 
         torch.manual_seed(0)
         return build_network(self.model_name)
 
     def optimizer(self, network: torch.nn.Module) -> tuple[torch.optim.Optimizer, object]:
-        from catdog.model import build_optimizer
+        from catdog.optim import build_optimizer
 
         return build_optimizer(network, 1e-3, 0.05, 1.0, 0.01, total_steps=len(self.batches), epochs=1)
 

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Timer
 
 from catdog import CLASSES, DISPLAY_NAMES, CatDogError
 from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
-from catdog.model import count_parameters
+from catdog.network import count_parameters
 from catdog.splits import relative_name, write_file_list
 
 #: The validation images of a fit, written into its run folder.

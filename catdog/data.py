@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog import CLASSES, CatDogError
-from catdog.model import DEFAULT_MODEL, preprocess_config_for
+from catdog.network import DEFAULT_MODEL, preprocess_config_for
 from catdog.splits import labelled_images, list_images, split_train
 from catdog.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
 

@@ -138,7 +138,7 @@ def find_pretrained_weights(explicit: Path | None, model_name: str) -> tuple[Pat
                 "with internet access)"
             )
         return configured.expanduser(), source
-    from catdog.model import hub_cached_weights
+    from catdog.network import hub_cached_weights
 
     cached = hub_cached_weights(model_name)
     return (None, "hub cache") if cached else (None, "")
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run every step; returns 0 when every request was answered."""
-    from catdog.model import DEFAULT_MODEL
+    from catdog.network import DEFAULT_MODEL
 
     if args.image_size < 16 or args.epochs < 1 or args.cats < 4 or args.breeds < 2 or args.dogs_per_breed < 2:
         raise CatDogError("catdog demo needs --image-size >= 16, --epochs >= 1, --cats >= 4, --breeds >= 2 "

@@ -138,7 +138,7 @@ class FreezeBackbone(Callback):
         self.epochs = epochs
 
     def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
-        from catdog.model import set_backbone_trainable
+        from catdog.network import set_backbone_trainable
 
         set_backbone_trainable(self.model.network, trainable=epoch_number > self.epochs)
 
@@ -147,7 +147,7 @@ class RecalibrateBatchNorm(Callback):
     """Before each validation, re-estimate the BatchNorm statistics on training batches (as ``CatDogClassifier``).
 
     Runs while fewer than ``max_steps`` optimizer steps have been taken, on up to ``max_batches`` batches of
-    ``loader`` (the training loader), through :func:`catdog.model.recalibrate_batchnorm`; 0 batches never runs.
+    ``loader`` (the training loader), through :func:`catdog.batchnorm.recalibrate_batchnorm`; 0 batches never runs.
     """
 
     def __init__(self, loader: Any, max_batches: int, max_steps: int, device: str | None = None) -> None:
@@ -161,7 +161,7 @@ class RecalibrateBatchNorm(Callback):
     def on_valid_begin(self, logs: dict) -> None:
         if self.max_batches <= 0 or self.steps >= self.max_steps:
             return
-        from catdog.model import recalibrate_batchnorm
+        from catdog.batchnorm import recalibrate_batchnorm
 
         device = torch.device(self.device or "cpu")
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # as CatDogClassifier

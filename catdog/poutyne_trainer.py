@@ -14,7 +14,7 @@ settings are the ``poutyne:`` section (:class:`PoutyneOptions`, ``configs/poutyn
     catdog poutyne ... --data.image_size 64 --model.lr 0.001 --trainer.max_epochs 3 --poutyne.upload_uri URI
 
 The rules are Lightning's: the network is trained with the classifier's own losses (label smoothing for
-training, plain cross-entropy for ``val_loss``), :func:`catdog.model.build_optimizer`'s AdamW and per-step
+training, plain cross-entropy for ``val_loss``), :func:`catdog.optim.build_optimizer`'s AdamW and per-step
 schedule and the classifier's BatchNorm policy (momentum, statistics re-estimated before early validations);
 epochs are reseeded as ``catdog.callbacks.EpochSeeds`` does when the trainer's callbacks hold it, the data
 module's training sampler (:class:`catdog.data.EpochSampler`) is told each epoch as Lightning tells it, and the
@@ -156,7 +156,8 @@ def prepare(config: Any, plan: PoutynePlan) -> PoutyneSetup:
     import lightning
 
     from catdog.data import CatDogDataModule
-    from catdog.model import CatDogClassifier, build_optimizer
+    from catdog.model import CatDogClassifier
+    from catdog.optim import build_optimizer
 
     lightning.seed_everything(plan.seed, verbose=False)
     classifier = CatDogClassifier(**config.model.as_dict())
@@ -194,7 +195,7 @@ def make_model(network: nn.Module, optimizer: Any, loss: nn.Module, device: str 
 
 def describe(setup: PoutyneSetup, plan: PoutynePlan) -> str:
     """One line about the run: network, parameters, images, device, run dir."""
-    from catdog.model import count_parameters
+    from catdog.network import count_parameters
 
     hp, network, dm = setup.classifier.hparams, setup.network, setup.datamodule
     total, trainable = count_parameters(network), count_parameters(network, trainable_only=True)
@@ -282,7 +283,7 @@ def fit_callbacks(setup: PoutyneSetup, plan: PoutynePlan, train_loader: Any) -> 
 def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds: float) -> tuple[Any, Path]:
     """Evaluate the best checkpoint on the test split; write ``predictions.csv`` and ``metrics.json`` from it."""
     from catdog.metrics import read_predictions, run_metrics_from_predictions, write_metrics, write_predictions
-    from catdog.model import count_parameters
+    from catdog.network import count_parameters
     from catdog.splits import relative_name
 
     best = plan.run_dir / "checkpoints" / "best.ckpt"

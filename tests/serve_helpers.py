@@ -51,7 +51,7 @@ def export_models(out: Path, sizes: dict[str, int]) -> dict[str, ExportedModel]:
     import torch
 
     from catdog.export import export_onnx
-    from catdog.model import preprocess_config_for
+    from catdog.network import preprocess_config_for
 
     result = {}
     for seed, (name, size) in enumerate(sizes.items()):

@@ -10,13 +10,8 @@ import torch
 from torch import nn
 
 from catdog import CatDogError
-from catdog.model import (
-    DEFAULT_BN_MOMENTUM,
-    batchnorm_layers,
-    build_network,
-    recalibrate_batchnorm,
-    set_bn_momentum,
-)
+from catdog.batchnorm import DEFAULT_BN_MOMENTUM, batchnorm_layers, recalibrate_batchnorm, set_bn_momentum
+from catdog.network import build_network
 
 MODEL = "tf_efficientnetv2_b2"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from catdog import CLASSES, CatDogError
 from catdog.data import CatDogDataModule, EpochSampler
-from catdog.model import preprocess_config_for
+from catdog.network import preprocess_config_for
 from catdog.splits import relative_name, stratified_split, write_file_list
 from catdog.transforms import ImageDecodeError, preprocess
 

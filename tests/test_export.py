@@ -123,7 +123,7 @@ def test_export_several_checkpoints_in_one_call(checkpoints: dict[str, Path], tm
 def test_default_architecture_at_224_px_matches_the_training_network(tmp_path: Path) -> None:
     """tf_efficientnetv2_b2 at its real size: the exported file against the training (not exportable) layers."""
     from catdog.export import export_onnx, read_onnx_metadata
-    from catdog.model import build_network, preprocess_config_for
+    from catdog.network import build_network, preprocess_config_for
 
     torch.manual_seed(0)
     training = build_network("tf_efficientnetv2_b2").eval()  # dynamic 'SAME' padding, as trained

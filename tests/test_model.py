@@ -9,14 +9,9 @@ import timm
 import torch
 
 from catdog import CatDogError
-from catdog.model import (
-    CatDogClassifier,
-    batchnorm_layers,
-    build_network,
-    count_parameters,
-    load_classifier,
-    preprocess_config_for,
-)
+from catdog.batchnorm import batchnorm_layers
+from catdog.model import CatDogClassifier, load_classifier
+from catdog.network import build_network, count_parameters, preprocess_config_for
 
 MODEL = "tf_efficientnetv2_b2"
 

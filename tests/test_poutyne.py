@@ -17,7 +17,7 @@ import torchmetrics
 
 from catdog.cli import main
 from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
-from catdog.model import build_network
+from catdog.network import build_network
 from catdog.poutyne_callbacks import SaveModel, upload_file
 from catdog.poutyne_config import build_parser, early_stopping_settings, plan_run
 from catdog.poutyne_trainer import PoutyneRun, prepare, train_poutyne
@@ -135,7 +135,7 @@ def test_metrics_json_is_the_recomputation_from_predictions(wrecked_run) -> None
 
 def test_each_prediction_belongs_to_its_image(wrecked_run, fused_dataset: Path) -> None:  # noqa: ANN001
     """Every row's P(dog) is the best checkpoint's answer for the image the row names (read afresh)."""
-    from catdog.model import preprocess_config_for
+    from catdog.network import preprocess_config_for
     from catdog.transforms import eval_transform, open_image
 
     run, _ = wrecked_run

@@ -38,7 +38,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     import torch
 
     from catdog.export import export_onnx
-    from catdog.model import preprocess_config_for
+    from catdog.network import preprocess_config_for
 
     out = tmp_path_factory.mktemp("models")
     result = {}

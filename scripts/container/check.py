@@ -137,7 +137,7 @@ def export_small_models(models_dir: Path, models: Sequence[tuple[str, str]] = SM
     import torch
 
     from catdog.export import export_onnx
-    from catdog.model import build_network, preprocess_config_for
+    from catdog.network import build_network, preprocess_config_for
 
     models_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
