@@ -1,4 +1,5 @@
-"""Shared fixtures: generated Kaggle-layout sources and a fused dataset, made once per session; and
+"""Shared fixtures: generated Kaggle-layout sources and a fused dataset, made once per session; for serving
+tests, a torch that refuses to import and two small exported models (made once per module); and
 :func:`skip_or_fail` for tests whose tools CI on a root Linux machine can install (a skip there fails)."""
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 from catdog.sample_data import SampleData, generate
+
+if TYPE_CHECKING:
+    from serve_helpers import ExportedModel
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -44,6 +48,23 @@ def fused_dataset(tmp_path_factory: pytest.TempPathFactory, sample_sources: Samp
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def no_torch_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ``PYTHONPATH`` entry whose ``torch`` package raises on import (for servers that must not import torch)."""
+    root = tmp_path_factory.mktemp("no_torch")
+    (root / "torch").mkdir()
+    (root / "torch" / "__init__.py").write_text("raise ImportError('the serving path imported torch')\n")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportedModel]:
+    """Two small exported models at different input sizes: 'pretrained' (48 px) and 'scratch' (32 px)."""
+    from serve_helpers import export_models
+
+    return export_models(tmp_path_factory.mktemp("models"), {"pretrained": 48, "scratch": 32})
 
 
 def skip_is_a_failure(env: dict[str, str], euid: int, platform: str, apt_get: str | None) -> bool:

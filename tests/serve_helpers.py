@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ class ExportedModel:
     path: Path
     network: object  # torch nn.Module
     config: PreprocessConfig
+    sha256: str  # the checkpoint sha256 in its metadata
 
     def probabilities(self, image: Image.Image) -> np.ndarray:
         """The torch model's class probabilities for an RGB image (training's eval preprocessing)."""
@@ -45,8 +49,13 @@ class ExportedModel:
             return self.network(batch).softmax(dim=1)[0].double().numpy()
 
 
-def export_models(out: Path, sizes: dict[str, int]) -> dict[str, ExportedModel]:
-    """Small timm models with TF 'SAME' padding (one per name, at its input size), exported by ``catdog export``."""
+def export_models(
+    out: Path, sizes: dict[str, int], sha256: Callable[[str], str] = lambda name: "0" * 64
+) -> dict[str, ExportedModel]:
+    """Small timm models with TF 'SAME' padding (one per name, at its input size), exported by ``catdog export``.
+
+    ``sha256(name)`` is the checkpoint sha256 each file's metadata names.
+    """
     import timm
     import torch
 
@@ -58,16 +67,15 @@ def export_models(out: Path, sizes: dict[str, int]) -> dict[str, ExportedModel]:
         torch.manual_seed(seed)
         network = timm.create_model("tf_mobilenetv3_small_minimal_100", num_classes=2, exportable=True).eval()
         config = preprocess_config_for(network, size)
-        path = export_onnx(network, config, out / f"{name}.onnx", "tf_mobilenetv3_small_minimal_100", "0" * 64).path
-        result[name] = ExportedModel(name, path, network, config)
+        sha = sha256(name)
+        path = export_onnx(network, config, out / f"{name}.onnx", "tf_mobilenetv3_small_minimal_100", sha).path
+        result[name] = ExportedModel(name, path, network, config, sha)
     return result
 
 
-def make_no_torch_path(root: Path) -> str:
-    """A PYTHONPATH entry whose ``torch`` package raises on import."""
-    (root / "torch").mkdir()
-    (root / "torch" / "__init__.py").write_text("raise ImportError('the serving path imported torch')\n")
-    return str(root)
+def model_options(models: dict[str, ExportedModel]) -> list[str]:
+    """``--model=NAME=PATH`` for each model."""
+    return [f"--model={m.name}={m.path}" for m in models.values()]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +117,16 @@ def start_server(
         time.sleep(0.25)
     stop(process)
     pytest.fail(f"catdog serve not healthy after {timeout} s:\n{server.log_text()[-4000:]}")
+
+
+@contextmanager
+def served(args: list[str], log: Path, no_torch_path: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """:func:`start_server`, then :func:`stop` when the block ends."""
+    server = start_server(args, log, no_torch_path, env)
+    try:
+        yield server
+    finally:
+        stop(server.process)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -190,6 +208,29 @@ def assert_matches(
     assert body["class_id"] == int(np.argmax(served))
     assert body["label"] == ["Cat", "Dog"][body["class_id"]]
     return body
+
+
+# --------------------------------------------------------------------------------------------------
+# an ASGI app on its own, without a server
+# --------------------------------------------------------------------------------------------------
+def asgi_call(app: object, path: str = "/predict/a") -> list[dict]:
+    """Send one empty ``POST path`` through the ASGI ``app``; the messages it sends back."""
+    messages: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
+    return messages
+
+
+def status_of(messages: list[dict]) -> int:
+    """The status code of an ASGI response's messages."""
+    return next(m["status"] for m in messages if m["type"] == "http.response.start")
 
 
 # --------------------------------------------------------------------------------------------------

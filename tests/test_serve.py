@@ -32,12 +32,12 @@ from serve_helpers import (
     descendants,
     dog,
     encode,
-    export_models,
     grey_png,
-    make_no_torch_path,
+    model_options,
     post,
     running,
     serve_once,
+    served,
     start_server,
     stop,
     upload,
@@ -51,29 +51,17 @@ LIMIT = int(MAX_UPLOAD_MB * 1024 * 1024)
 
 
 # --------------------------------------------------------------------------------------------------
-# fixtures: two small exported models and a running server
+# fixtures: a running server with the two small models of conftest's ``models``
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportedModel]:
-    """Two models at different input sizes."""
-    return export_models(tmp_path_factory.mktemp("models"), {"pretrained": 48, "scratch": 32})
-
-
-@pytest.fixture(scope="module")
-def no_torch_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_no_torch_path(tmp_path_factory.mktemp("no_torch"))
-
-
 @pytest.fixture(scope="module")
 def server(
     models: dict[str, ExportedModel], no_torch_path: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    args = [f"--model={m.name}={m.path}" for m in models.values()]
+    args = model_options(models)
     args += ["--max-batch-size", "8", "--batch-timeout", "0.05", f"--max-upload-mb={MAX_UPLOAD_MB}"]
     args += ["--max-image-pixels", str(MAX_PIXELS), "--log-level", "debug"]
-    server = start_server(args, tmp_path_factory.mktemp("server") / "serve.log", no_torch_path)
-    yield server
-    stop(server.process)
+    with served(args, tmp_path_factory.mktemp("server") / "serve.log", no_torch_path) as server:
+        yield server
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,19 @@ from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import Server, cat, dog, encode, make_no_torch_path, post, start_server, stop, upload
+from serve_helpers import (
+    Server,
+    asgi_call,
+    cat,
+    dog,
+    encode,
+    export_models,
+    post,
+    served,
+    status_of,
+    stop,
+    upload,
+)
 
 from catdog.serving.http import Deadline
 from catdog.serving.supervise import RestartCounter
@@ -34,22 +46,8 @@ BAD = {
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
     """Two exported models, each with its own checkpoint sha256: name -> (path, sha256)."""
-    import timm
-    import torch
-
-    from catdog.export import export_onnx
-    from catdog.network import preprocess_config_for
-
-    out = tmp_path_factory.mktemp("models")
-    result = {}
-    for seed, (name, size) in enumerate({"pretrained": 48, "scratch": 32}.items()):
-        torch.manual_seed(seed)
-        network = timm.create_model("tf_mobilenetv3_small_minimal_100", num_classes=2, exportable=True).eval()
-        sha = hashlib.sha256(name.encode()).hexdigest()
-        config = preprocess_config_for(network, size)
-        path = export_onnx(network, config, out / f"{name}.onnx", "tf_mobilenetv3_small_minimal_100", sha).path
-        result[name] = (path, sha)
-    return result
+    models = export_models(tmp_path_factory.mktemp("models"), {"pretrained": 48, "scratch": 32}, sha256=_sha)
+    return {name: (model.path, model.sha256) for name, model in models.items()}
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +58,17 @@ def tmpdir_of_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(
-    model_files: dict[str, tuple[Path, str]], tmpdir_of_server: Path, tmp_path_factory: pytest.TempPathFactory
+    model_files: dict[str, tuple[Path, str]],
+    tmpdir_of_server: Path,
+    no_torch_path: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     args = [f"--model={name}={path}" for name, (path, _) in model_files.items()]
     args += ["--max-batch-size", "8", "--batch-timeout", "0.05", "--timeout", "20"]
-    no_torch = make_no_torch_path(tmp_path_factory.mktemp("no_torch"))
     env = {"TMPDIR": str(tmpdir_of_server), "PROMETHEUS_MULTIPROC_DIR": str(tmpdir_of_server / "not-this-one")}
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    server = start_server(args, log, no_torch, env=env)
-    yield server
-    stop(server.process)
+    with served(args, log, no_torch_path, env=env) as server:
+        yield server
 
 
 Samples = dict[tuple[str, frozenset], float]
@@ -242,17 +241,7 @@ def _answer(status: int, body: bytes, delay: float = 0.0, raises: bool = False) 
 
 
 def _call(app: object, path: str = "/predict/a") -> int:
-    messages: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        messages.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
-    asyncio.run(app(scope, receive, send))  # type: ignore[operator]
-    return next(m["status"] for m in messages if m["type"] == "http.response.start")
+    return status_of(asgi_call(app, path))
 
 
 def _counts() -> Samples:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import ExportedModel, Server, cat, encode, export_models, make_no_torch_path, start_server, stop
+from serve_helpers import ExportedModel, Server, cat, encode, model_options, served
 
 pytestmark = pytest.mark.slow
 
@@ -100,17 +100,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory, skip_or_fail: Callable[[st
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportedModel]:
-    return export_models(tmp_path_factory.mktemp("models"), {"pretrained": 48, "scratch": 32})
-
-
-@pytest.fixture(scope="module")
-def server(models: dict[str, ExportedModel], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    args = [f"--model={m.name}={m.path}" for m in models.values()]
-    no_torch = make_no_torch_path(tmp_path_factory.mktemp("no_torch"))
-    server = start_server(args, tmp_path_factory.mktemp("server") / "serve.log", no_torch)
-    yield server
-    stop(server.process)
+def server(
+    models: dict[str, ExportedModel], no_torch_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    with served(model_options(models), tmp_path_factory.mktemp("server") / "serve.log", no_torch_path) as server:
+        yield server
 
 
 def test_get_root_serves_the_page_with_a_strict_content_policy(server: Server) -> None:

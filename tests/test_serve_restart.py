@@ -27,7 +27,7 @@ from serve_helpers import (
     descendants,
     encode,
     export_models,
-    make_no_torch_path,
+    model_options,
     running,
     start_server,
     stop,
@@ -44,17 +44,14 @@ MARGIN = 3.0  # what a request may take beyond it (decoding, a loaded 2-core mac
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportedModel]:
+    """Both at 32 px (conftest's are at 48 and 32)."""
     return export_models(tmp_path_factory.mktemp("models"), {"pretrained": 32, "scratch": 32})
 
 
-@pytest.fixture(scope="module")
-def no_torch_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_no_torch_path(tmp_path_factory.mktemp("no_torch"))
-
-
 def _start(models: dict[str, ExportedModel], no_torch_path: str, log: Path, *extra: str) -> Server:
-    args = [f"--model={m.name}={m.path}" for m in models.values()]
-    return start_server([*args, "--timeout", str(TIMEOUT), "--max-batch-size", "4", *extra], log, no_torch_path)
+    return start_server(
+        [*model_options(models), "--timeout", str(TIMEOUT), "--max-batch-size", "4", *extra], log, no_torch_path
+    )
 
 
 def _pids(server: Server) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import signal
 import time
 
 import pytest
+from serve_helpers import asgi_call, status_of
 
 from catdog.serving.http import Deadline, ExpiringBuffer
 from catdog.serving.supervise import RestartCounter, describe_exit
@@ -17,20 +18,10 @@ from catdog.serving.supervise import RestartCounter, describe_exit
 
 def _call(app: Deadline, path: str = "/predict/a") -> tuple[int, dict, float]:
     """Send one request through ``app``; (status, JSON body, seconds taken)."""
-    messages: list[dict] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        messages.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
     started = time.monotonic()
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    messages = asgi_call(app, path)
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-    return status, json.loads(body), time.monotonic() - started
+    return status_of(messages), json.loads(body), time.monotonic() - started
 
 
 def _app(delay: float, during: object = None) -> object:
