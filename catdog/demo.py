@@ -25,13 +25,7 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,12 +33,12 @@ from pathlib import Path
 
 from catdog import DISPLAY_NAMES, CatDogError
 from catdog.config_files import packaged_config_dir
+from catdog.serving.process import Server, post_image
 from catdog.utils import free_port
 
 #: File that marks a folder as made by ``catdog demo`` (so a rerun may clear it).
 MARKER = ".catdog-demo"
 PRETRAINED_ENV = "CATDOG_PRETRAINED_FILE"
-SERVER_START_TIMEOUT = 180.0
 
 
 @dataclass
@@ -165,101 +159,6 @@ def plan_models(configs: Path, weights: Path | None, weights_source: str, model_
     return models
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http_get_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
-    try:
-        with _NO_PROXY.open(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def post_image(url: str, path: Path, timeout: float = 60.0) -> tuple[int, dict]:
-    """POST ``path`` as the multipart field ``file`` (what ``curl -F file=@PATH URL`` sends)."""
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        [
-            f"--{boundary}\r\n".encode(),
-            f'Content-Disposition: form-data; name="file"; filename="{path.name}"\r\n'.encode(),
-            b"Content-Type: image/jpeg\r\n\r\n",
-            path.read_bytes(),
-            f"\r\n--{boundary}--\r\n".encode(),
-        ]
-    )
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
-    try:
-        with _NO_PROXY.open(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-class Server:
-    """``catdog serve`` as a child process, logging to a file, stopped with SIGTERM."""
-
-    def __init__(self, models: dict[str, str], port: int, log_path: Path) -> None:
-        self.argv = ["serve", *(arg for n, p in models.items() for arg in ("--model", f"{n}={p}"))]
-        self.argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        print(f"$ {shlex.join(['catdog', *self.argv])}  (log: {self.log_path})", flush=True)
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "catdog", *self.argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-
-    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT) -> dict:
-        """Poll ``GET /health`` until 200; raises when the server exits or the time runs out."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise CatDogError(
-                    f"catdog serve exited with status {self.process.returncode} before it was ready; "
-                    f"its log {self.log_path} ends with:\n{self.log_tail()}"
-                )
-            try:
-                status, body = http_get_json(f"{self.url}/health", timeout=2.0)
-            except (OSError, ValueError):
-                status, body = 0, {}
-            if status == 200:
-                return body
-            time.sleep(0.5)
-        raise CatDogError(
-            f"catdog serve did not answer {self.url}/health with 200 within {timeout:.0f}s; "
-            f"its log {self.log_path} ends with:\n{self.log_tail()}"
-        )
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL of the server's process group if it has not stopped within ``timeout``."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
-
-
 def make_query_images(dataset: Path, folder: Path, size: int, seed: int) -> dict[str, Path]:
     """One new cat and one new dog of a breed kept out of training (from ``dataset/split.json``)."""
     import numpy as np
@@ -316,9 +215,28 @@ def run_demo(args: argparse.Namespace) -> int:
     weights, weights_source = find_pretrained_weights(args.pretrained_file, DEFAULT_MODEL)
     prepare_workdir(args.workdir)
     demo = Demo(args)
-    w = demo.path
     demo.say(f"catdog demo in {args.workdir}: {args.image_size} px, {args.epochs} epoch(s), configs in {configs}")
+    make_dataset(demo, args)
+    models = plan_models(configs, weights, weights_source, DEFAULT_MODEL)
+    if "pretrained" in models:
+        demo.say(f"pretrained weights: {weights or 'the timm/Hugging Face cache'} ({weights_source})")
+    checkpoints = train_and_test(demo, args, configs, models)
+    number = 3 + len(models)
+    with demo.stage(f"{number}. export ONNX"):
+        ckpt_args = [arg for n, p in checkpoints.items() for arg in ("--ckpt", f"{n}={p}")]
+        demo.catdog("export", *ckpt_args, "--out-dir", demo.path("models"))
+    onnx_files = {name: demo.path("models", f"{name}.onnx") for name in checkpoints}
+    answers, server_log = serve_and_report(demo, args, onnx_files, number + 1)
+    print_summary(demo, args)
+    failed = [a for a in answers if a["status"] != 200]
+    if failed:
+        raise CatDogError(f"{len(failed)} request(s) failed; see the answers above and {server_log}")
+    return 0
 
+
+def make_dataset(demo: Demo, args: argparse.Namespace) -> None:
+    """Steps 1-2: generated Kaggle-layout sources, fused into ``dataset/``."""
+    w = demo.path
     with demo.stage("1. generate Kaggle-layout sample data"):
         demo.catdog("sample-data", "--out", w("kaggle"), "--cats", str(args.cats), "--dogs-per-breed",
                     str(args.dogs_per_breed), "--breeds", str(args.breeds), "--size", str(args.image_size),
@@ -329,10 +247,10 @@ def run_demo(args: argparse.Namespace) -> int:
                     w("kaggle", "dog-breed-identification"), "--out", w("dataset"),
                     "--cat-train", str(cat_train), "--cat-test", str(args.cats - cat_train))  # fmt: skip
 
-    models = plan_models(configs, weights, weights_source, DEFAULT_MODEL)
-    if "pretrained" in models:
-        demo.say(f"pretrained weights: {weights or 'the timm/Hugging Face cache'} ({weights_source})")
 
+def train_and_test(demo: Demo, args: argparse.Namespace, configs: Path, models: dict[str, list[str]]) -> dict[str, str]:
+    """Step 3 onwards: ``catdog fit`` and ``catdog test`` of each model; returns each model's best checkpoint."""
+    w = demo.path
     checkpoints: dict[str, str] = {}
     for number, (name, config_args) in enumerate(models.items(), start=3):
         # The model's configs first, then the CSV-only logger config, then the overrides.
@@ -346,18 +264,19 @@ def run_demo(args: argparse.Namespace) -> int:
             demo.catdog("fit", *common, "--trainer.max_epochs", str(args.epochs))
             demo.catdog("test", *common, "--ckpt_path", "best")
         checkpoints[name] = w("runs", name, "checkpoints", "best.ckpt")
+    return checkpoints
 
-    number = 3 + len(models)
-    with demo.stage(f"{number}. export ONNX"):
-        ckpt_args = [arg for n, p in checkpoints.items() for arg in ("--ckpt", f"{n}={p}")]
-        demo.catdog("export", *ckpt_args, "--out-dir", w("models"))
-    onnx_files = {name: w("models", f"{name}.onnx") for name in checkpoints}
 
+def serve_and_report(
+    demo: Demo, args: argparse.Namespace, onnx_files: dict[str, str], number: int
+) -> tuple[list[dict], Path]:
+    """Serve the ONNX files, post a new cat and dog to every endpoint, then write the report; stops the server."""
+    w = demo.path
     images = make_query_images(Path(w("dataset")), Path(w("requests")), args.image_size, args.seed)
     server = Server(onnx_files, args.port or free_port(), Path(w("serve.log")))
     answers: list[dict] = []
     try:
-        with demo.stage(f"{number + 1}. serve and ask every endpoint about a new cat and dog"):
+        with demo.stage(f"{number}. serve and ask every endpoint about a new cat and dog"):
             server.start()
             health = server.wait_ready()
             demo.say(f"server ready at {server.url}: {json.dumps(health)}")
@@ -369,12 +288,15 @@ def run_demo(args: argparse.Namespace) -> int:
                     answers.append({"model": name, "image": truth, "status": status, "answer": body})
                     print(f"  {status} {json.dumps(body)}", flush=True)
         print_answers(answers)
-        with demo.stage(f"{number + 2}. results table"):
+        with demo.stage(f"{number + 1}. results table"):
             demo.catdog("report", "--runs", w("runs"), "--out", w("results.md"))
     finally:
         code = server.stop()
         demo.say(f"server stopped (exit status {code})")
+    return answers, server.log_path
 
+
+def print_summary(demo: Demo, args: argparse.Namespace) -> None:
     print("\nTime per step:")
     for step in demo.steps:
         print(f"  {step.seconds:7.1f}s  {step.name}")
@@ -383,10 +305,6 @@ def run_demo(args: argparse.Namespace) -> int:
         f"\nEverything is in {args.workdir}/: kaggle/ (generated sources), dataset/ (fused), runs/<model>/ "
         "(checkpoints, metrics.json, logs), models/*.onnx, requests/, serve.log, results.md and its plots."
     )
-    failed = [a for a in answers if a["status"] != 200]
-    if failed:
-        raise CatDogError(f"{len(failed)} request(s) failed; see the answers above and {server.log_path}")
-    return 0
 
 
 def print_answers(answers: list[dict]) -> None:
