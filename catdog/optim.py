@@ -27,6 +27,11 @@ def build_optimizer(
     ``total_steps`` is the number of optimizer steps of the whole run and ``epochs`` its epoch count
     (0 when unknown); the warm-up lasts ``warmup_epochs`` epochs, at most half the run. Call
     ``scheduler.step()`` after every optimizer step.
+
+    The learning rates are timm's ``CosineLRScheduler`` (``warmup_prefix=True``, per step) and the groups
+    timm's ``param_groups_weight_decay`` (both checked in the tests). They stay a torch ``LambdaLR``, which
+    Lightning and Poutyne step and checkpoint as they are, and a grouping that keeps parameters frozen when
+    the optimizer is built (timm leaves those out, so a frozen backbone would never train after unfreezing).
     """
     decay, no_decay = [], []
     for name, param in network.named_parameters():

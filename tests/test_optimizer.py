@@ -80,6 +80,52 @@ def test_no_weight_decay_on_biases_and_norm_layers() -> None:
     torch.testing.assert_close(params["classifier.bias"], before["classifier.bias"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("total", "epochs", "warmup_epochs"), [(40, 4, 1.0), (40, 4, 0.5), (12, 3, 3.0), (30, 3, 0.0)])
+def test_timm_cosine_scheduler_gives_the_same_learning_rates(total: int, epochs: int, warmup_epochs: float) -> None:
+    """The schedule is timm's CosineLRScheduler (per step, warm-up prefix) to float precision.
+
+    catdog keeps a torch ``LambdaLR``: Lightning and Poutyne step it and save it in checkpoints as they are,
+    where timm's scheduler needs ``step_update`` calls from each trainer.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    lr, min_lr_ratio = 0.01, 0.01
+    warmup = int(min(warmup_epochs * total / epochs, 0.5 * total))
+    optimizer = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=lr)
+    timm_scheduler = CosineLRScheduler(
+        optimizer, t_initial=total - warmup, lr_min=lr * min_lr_ratio, warmup_t=warmup,
+        warmup_lr_init=lr / (warmup + 1), warmup_prefix=True, t_in_epochs=False,
+    )  # fmt: skip
+    timm_rates = []
+    for step in range(total + 1):
+        timm_scheduler.step_update(step)
+        timm_rates.append(optimizer.param_groups[0]["lr"])
+    assert learning_rates(total, epochs, warmup_epochs, lr) == pytest.approx(timm_rates, rel=1e-9, abs=1e-15)
+
+
+def test_timm_parameter_groups_match_but_would_drop_frozen_parameters() -> None:
+    """timm's ``param_groups_weight_decay`` groups as build_optimizer does; it also leaves out parameters frozen
+    when the optimizer is built, which a freeze-then-unfreeze schedule (``freeze_backbone_epochs``) must keep."""
+    from timm.optim import param_groups_weight_decay
+
+    network = build_network("test_efficientnet")
+    optimizer, _ = build_optimizer(
+        network, lr=0.1, weight_decay=0.5, warmup_epochs=0, min_lr_ratio=0.01, total_steps=10, epochs=1
+    )
+    ours = {group["weight_decay"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    theirs = {
+        group["weight_decay"]: {id(p) for p in group["params"]} for group in param_groups_weight_decay(network, 0.5)
+    }
+    assert ours == theirs
+    network.conv_stem.weight.requires_grad_(False)
+    frozen = {id(p) for group in param_groups_weight_decay(network, 0.5) for p in group["params"]}
+    assert id(network.conv_stem.weight) not in frozen
+    optimizer, _ = build_optimizer(
+        network, lr=0.1, weight_decay=0.5, warmup_epochs=0, min_lr_ratio=0.01, total_steps=10, epochs=1
+    )
+    assert any(p is network.conv_stem.weight for group in optimizer.param_groups for p in group["params"])
+
+
 class _RecordLearningRate(Callback):
     def __init__(self) -> None:
         self.rates: list[float] = []
