@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import save_checkpoint
 
 from catdog import CatDogError, cli
 from catdog.splits import labelled_images, relative_name
@@ -27,25 +28,13 @@ CALIBRATION = 24
 
 def _save_checkpoint(path: Path) -> None:
     """A Lightning checkpoint with non-trivial batch-norm statistics and a small non-zero head."""
-    import lightning.pytorch as pl
-
+    from catdog.export import as_if_trained
     from catdog.model import CatDogClassifier
 
     torch.manual_seed(0)
     model = CatDogClassifier(model_name=SMALL_MODEL, image_size=IMAGE_SIZE)
-    with torch.no_grad():
-        for module in model.network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
-        for param in model.network.get_classifier().parameters():
-            param.normal_(0, 0.02)  # P(dog) away from 0 and 1, so differences show
-    trainer = pl.Trainer(default_root_dir=path.parent, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    trainer.strategy.connect(model)
-    model.trainer = trainer
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
+    as_if_trained(model.network, head_std=0.02)  # P(dog) away from 0 and 1, so differences show
+    save_checkpoint(model, path)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from train_helpers import fit_options, fused_sample
 
 from catdog.data import CatDogDataModule
 from catdog.metrics import Scores, score
@@ -23,32 +24,17 @@ from catdog.model import load_classifier
 from catdog.splits import read_file_list
 from catdog.train import main
 
-REPO = Path(__file__).resolve().parent.parent
-SCRATCH = str(REPO / "configs" / "scratch.yaml")
-CSV_ONLY = str(REPO / "configs" / "logger" / "csv.yaml")
-
 
 @pytest.fixture(scope="module")
 def first_try_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 train cats and 100 train dogs of 5 breeds; 40 test cats and 80 dogs of 4 unseen breeds."""
-    from catdog.fusion import fuse
-    from catdog.sample_data import generate
-
     root = tmp_path_factory.mktemp("first_try")
-    sources = generate(root / "kaggle", cats=100, dogs_per_breed=20, breeds=9, size=64, seed=0)
-    fuse(sources.cats_source, sources.dogs_source, root / "dataset", cat_train=60, cat_test=40, seed=42,
-         progress=False)  # fmt: skip
-    return root / "dataset"
+    return fused_sample(root, cats=100, dogs_per_breed=20, breeds=9, size=64, seed=0, cat_train=60, cat_test=40)
 
 
 def fit_and_score(data: Path, run_dir: Path, image_size: int, batch_size: int, *extra: str) -> tuple[Scores, Scores]:
     """Fit 3 epochs as a user would, then score ``best.ckpt`` on the run's validation files and on test/."""
-    options = [
-        "-c", SCRATCH, "-c", CSV_ONLY, "--data.data_dir", str(data), "--data.image_size", str(image_size),
-        "--data.batch_size", str(batch_size), "--data.num_workers", "0", "--trainer.max_epochs", "3",
-        "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
-        "--trainer.accelerator", "cpu", *extra,
-    ]  # fmt: skip
+    options = fit_options(data, run_dir, *extra, image_size=image_size, batch_size=batch_size, max_epochs=3)
     assert main(["fit", *options]) == 0
     model = load_classifier(run_dir / "checkpoints" / "best.ckpt").eval()
     val_files = run_dir / "val_files.txt"

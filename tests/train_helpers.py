@@ -1,0 +1,93 @@
+"""Helpers for the tests that run ``catdog fit``: the shipped configs, small generated datasets, options, CSV logs;
+and Lightning checkpoints of untrained models."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = str(ROOT / "configs" / "scratch.yaml")
+PRETRAINED = str(ROOT / "configs" / "pretrained.yaml")
+CSV_ONLY = str(ROOT / "configs" / "logger" / "csv.yaml")
+
+
+def fused_sample(root: Path, *, cat_train: int, cat_test: int, split_seed: int = 42, **sample: int) -> Path:
+    """Generated Kaggle-layout sources (``generate(root / "kaggle", **sample)``) fused into ``root / "dataset"``.
+
+    ``cat_train`` and ``cat_test`` cats (and the dogs of the breeds that fall to each side) under the split
+    seed ``split_seed``; returns the dataset folder.
+    """
+    from catdog.fusion import fuse
+    from catdog.sample_data import generate
+
+    sources = generate(root / "kaggle", **sample)
+    fuse(
+        sources.cats_source,
+        sources.dogs_source,
+        root / "dataset",
+        cat_train=cat_train,
+        cat_test=cat_test,
+        seed=split_seed,
+        progress=False,
+    )
+    return root / "dataset"
+
+
+def fit_options(
+    data_dir: Path,
+    run_dir: Path,
+    *extra: str,
+    image_size: int,
+    max_epochs: int,
+    batch_size: int | None = None,
+    workers: int = 0,
+    configs: Sequence[str] = (SCRATCH, CSV_ONLY),
+) -> list[str]:
+    """Options of ``catdog fit`` (and test, validate, predict) for a small run on the CPU without a progress bar.
+
+    The ``configs`` come first, ``extra`` last (so it overrides what comes before); without ``batch_size``,
+    the configs' batch size.
+    """
+    return [
+        *(item for config in configs for item in ("-c", config)),
+        "--data.data_dir", str(data_dir), "--data.image_size", str(image_size),
+        *(["--data.batch_size", str(batch_size)] if batch_size is not None else []),
+        "--data.num_workers", str(workers), "--trainer.default_root_dir", str(run_dir),
+        "--trainer.max_epochs", str(max_epochs), "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+def logged(run_dir: Path, key: str) -> dict[int, float]:
+    """``key`` by epoch from the CSV logs of every version under the run dir (a later version's value wins)."""
+    values: dict[int, float] = {}
+    for path in sorted(run_dir.glob("lightning_logs/version_*/metrics.csv")):
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                if row.get(key):
+                    values[int(row["epoch"])] = float(row[key])
+    return values
+
+
+def save_checkpoint(model: pl.LightningModule, path: Path) -> None:
+    """``model`` as it is, untrained, in a Lightning checkpoint at ``path`` (its folder made if need be)."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        default_root_dir=path.parent,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.strategy.connect(model)
+    model.trainer = trainer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
