@@ -9,7 +9,6 @@ split (53 images) is not a whole number of batches of 16.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from train_helpers import fit_options, fused_sample, logged
 
 from catdog.cli import main
 from catdog.data import CatDogDataModule
 from catdog.model import CatDogClassifier
 from catdog.train import CatDogCLI
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRATCH = str(ROOT / "configs" / "scratch.yaml")
-CSV_ONLY = str(ROOT / "configs" / "logger" / "csv.yaml")
 MODEL = "test_efficientnet"  # BatchNorm and dropout like the real network, ~0.1M parameters
 #: A learning rate that does not depend on max_epochs (no warm-up, no decay).
 FLAT_SCHEDULE = ("--model.warmup_epochs", "0", "--model.min_lr_ratio", "1.0")
@@ -35,24 +32,15 @@ ATOL = 1e-6
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """53 training, 9 validation images (3 batches of 16 and 5 dropped images per epoch)."""
-    from catdog.fusion import fuse
-    from catdog.sample_data import generate
-
     root = tmp_path_factory.mktemp("resume-data")
-    sources = generate(root / "kaggle", cats=40, dogs_per_breed=5, breeds=8, size=48, seed=0)
-    fuse(sources.cats_source, sources.dogs_source, root / "dataset", cat_train=32, cat_test=8, seed=42,
-         progress=False)  # fmt: skip
-    return root / "dataset"
+    return fused_sample(root, cats=40, dogs_per_breed=5, breeds=8, size=48, seed=0, cat_train=32, cat_test=8)
 
 
 def options(data_dir: Path, run_dir: Path, workers: int, epochs: int, *extra: str) -> list[str]:
-    return [
-        "-c", SCRATCH, "-c", CSV_ONLY, "--data.data_dir", str(data_dir), "--data.image_size", "32",
-        "--data.batch_size", "16", "--data.num_workers", str(workers), "--model.model_name", MODEL,
-        "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", str(epochs),
-        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", *extra,
-    ]  # fmt: skip
+    model = ["--model.model_name", MODEL, "--trainer.enable_model_summary", "false"]
+    return fit_options(
+        data_dir, run_dir, *model, *extra, image_size=32, batch_size=16, workers=workers, max_epochs=epochs
+    )
 
 
 class Interrupted(Exception):
@@ -81,12 +69,9 @@ def interrupted_fit(args: list[str], epoch: int) -> None:
 def logged_epochs(run_dir: Path) -> dict[int, dict[str, float]]:
     """``val_loss`` and ``train_loss_epoch`` by epoch from every CSV log version of a run dir."""
     epochs: dict[int, dict[str, float]] = {}
-    for path in sorted(run_dir.glob("lightning_logs/version_*/metrics.csv")):
-        with path.open() as handle:
-            for row in csv.DictReader(handle):
-                for key in ("val_loss", "train_loss_epoch"):
-                    if row.get(key):
-                        epochs.setdefault(int(row["epoch"]), {})[key] = float(row[key])
+    for key in ("val_loss", "train_loss_epoch"):
+        for epoch, value in logged(run_dir, key).items():
+            epochs.setdefault(epoch, {})[key] = value
     return epochs
 
 
