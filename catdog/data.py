@@ -141,13 +141,13 @@ class CatDogDataModule(pl.LightningDataModule):
         pin_memory: pin batches in page-locked memory (useful with a GPU).
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
         seed: seed of the validation split.
-        model_name: timm model whose mean/std/interpolation/crop normalise the images (the CLI links it
-            from ``model.model_name``).
         augment_scale: area range of the training random resized crop.
         predict_dir: folder of images for ``predict`` (default ``<data_dir>/test``); labels come from a
             ``cat``/``dog`` parent folder, else -1.
         max_pixels: refuse images with more pixels than this (decompression bomb guard).
-        preprocess: explicit preprocessing (overrides ``model_name``/``image_size``), for use outside the CLI.
+        preprocess: the model's eval preprocessing (mean/std/interpolation/crop from its timm data config, at
+            ``image_size``): ``catdog fit`` links it from ``model.preprocess_config`` once the model is built;
+            without it, that of :data:`catdog.network.DEFAULT_MODEL`.
     """
 
     def __init__(
@@ -161,7 +161,6 @@ class CatDogDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         seed: int = 42,
-        model_name: str = DEFAULT_MODEL,
         augment_scale: tuple[float, float] = (0.6, 1.0),
         predict_dir: str | os.PathLike[str] | None = None,
         max_pixels: int | None = 50_000_000,
@@ -182,10 +181,11 @@ class CatDogDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
-        self.model_name = model_name
         self.augment_scale = tuple(augment_scale)
         self.predict_dir = Path(predict_dir) if predict_dir is not None else None
         self.max_pixels = max_pixels
+        if preprocess is not None and preprocess.image_size != image_size:
+            raise CatDogError(f"data.image_size {image_size} differs from the preprocessing's {preprocess.image_size}")
         self._preprocess = preprocess
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
@@ -195,9 +195,9 @@ class CatDogDataModule(pl.LightningDataModule):
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
-        """The eval preprocessing (mean/std from the model's timm data config, size ``image_size``)."""
+        """The eval preprocessing: the model's (``preprocess``), else :data:`~catdog.network.DEFAULT_MODEL`'s."""
         if self._preprocess is None:
-            self._preprocess = preprocess_config_for(self.model_name, self.image_size)
+            self._preprocess = preprocess_config_for(DEFAULT_MODEL, self.image_size)
         return self._preprocess
 
     def _check_data_dir(self) -> None:

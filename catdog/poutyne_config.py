@@ -83,14 +83,13 @@ def build_parser() -> Any:
 
     parser.add_argument("-c", "--config", action=ConfigFile, help="YAML config(s): scratch, poutyne (names or files)")
     parser.add_argument("--seed_everything", type=int, default=42, help="seed of weights, shuffling, augmentation")
-    parser.add_class_arguments(CatDogDataModule, "data")
+    parser.add_class_arguments(CatDogDataModule, "data", skip={"preprocess"})  # the model's (poutyne_trainer)
     parser.add_class_arguments(CatDogClassifier, "model")
     # The whole trainer section parses as it does for `catdog fit`; Poutyne reads only a few of its keys.
     parser.add_class_arguments(Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
     parser.add_class_arguments(PoutyneOptions, "poutyne", instantiate=False)
-    # The links of `catdog fit` (catdog.train.CatDogCLI).
+    # The links of `catdog fit` (catdog.train.CatDogCLI); the data module gets the built model's preprocessing.
     parser.link_arguments("data.image_size", "model.image_size")
-    parser.link_arguments("model.model_name", "data.model_name")
     return parser
 
 
@@ -101,10 +100,6 @@ def plan_run(config: Any) -> PoutynePlan:
     epochs = trainer.max_epochs
     if epochs is None or epochs < 1:
         raise CatDogError(f"trainer.max_epochs must be at least 1 for catdog poutyne, got {epochs}")
-    if options.save_model_epoch < 1:
-        raise CatDogError(
-            f"poutyne.save_model_epoch must be at least 1 (epochs count from 1), got {options.save_model_epoch}"
-        )
     data_dir = Path(config.data.data_dir)
     if not data_dir.is_dir():
         raise CatDogError(

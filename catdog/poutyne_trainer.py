@@ -161,7 +161,7 @@ def prepare(config: Any, plan: PoutynePlan) -> PoutyneSetup:
 
     lightning.seed_everything(plan.seed, verbose=False)
     classifier = CatDogClassifier(**config.model.as_dict())
-    datamodule = CatDogDataModule(**config.data.as_dict())
+    datamodule = CatDogDataModule(**config.data.as_dict(), preprocess=classifier.preprocess_config)
     datamodule.setup("fit")
     steps = limit_batches(len(datamodule.train_dataloader()), plan.train_batches)
     validation_steps = None
@@ -222,13 +222,14 @@ def fit(
     from catdog.splits import relative_name, write_file_list
 
     dm, options = setup.datamodule, plan.options
+    # Built first: a bad save_model_epoch is refused before the previous run's checkpoints are touched.
+    save_model = SaveModel(plan.run_dir / "saved", epoch=options.save_model_epoch, upload_uri=options.upload_uri)
     (plan.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     for stale in ("best.ckpt", "last.ckpt"):
         (plan.run_dir / "checkpoints" / stale).unlink(missing_ok=True)
     write_file_list([relative_name(p, dm.data_dir) for p in dm.val_set.paths], plan.run_dir / "val_files.txt")
     train_data = LightningIterationOrder(dm.train_dataloader(), "train")
     val_data = LightningIterationOrder(dm.val_dataloader(), "valid")
-    save_model = SaveModel(plan.run_dir / "saved", epoch=options.save_model_epoch, upload_uri=options.upload_uri)
     # SaveModel after EarlyStopping: it sees stop_training.
     callbacks = [train_data, val_data, *fit_callbacks(setup, plan, train_data.loader), save_model, *extra]
     started = time.perf_counter()

@@ -39,7 +39,8 @@ Useful extra overrides: ``--data.batch_size``, ``--data.num_workers``, ``--train
 ``--trainer.accelerator cpu``, ``--model.pretrained_file PATH`` (with ``-c configs/pretrained.yaml``),
 ``--data.val_files FILE`` (a validation file list, see :mod:`catdog.splits`),
 ``--trainer.precision bf16-mixed``, ``--seed_everything N``. ``data.image_size`` is linked to
-``model.image_size`` and ``model.model_name`` to ``data.model_name`` (set the first of each pair).
+``model.image_size`` (set the first); the data module normalises images as the built model says
+(``model.preprocess_config``: mean, std, interpolation and crop of the timm model).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class CatDogCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.image_size", "model.image_size")
-        parser.link_arguments("model.model_name", "data.model_name")
+        # The data module normalises as the model it feeds: its timm data config, once the model is built.
+        parser.link_arguments("model.preprocess_config", "data.preprocess", apply_on="instantiate")
         parser.set_defaults({"trainer.default_root_dir": DEFAULT_RUN_DIR})
 
     def before_instantiate_classes(self) -> None:
