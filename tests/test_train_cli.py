@@ -15,6 +15,7 @@ import timm
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
+from train_helpers import CSV_ONLY, PRETRAINED, ROOT, SCRATCH, fit_options, fused_sample, logged
 
 from catdog import CLASSES
 from catdog.cli import main
@@ -24,33 +25,19 @@ from catdog.model import CatDogClassifier, load_classifier
 from catdog.train import CatDogCLI
 from catdog.transforms import preprocess
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRATCH = str(ROOT / "configs" / "scratch.yaml")
-PRETRAINED = str(ROOT / "configs" / "pretrained.yaml")
-CSV_ONLY = str(ROOT / "configs" / "logger" / "csv.yaml")
 DDP = str(ROOT / "configs" / "trainer" / "ddp.yaml")
 
 
 def tiny(data_dir: Path, run_dir: Path, *extra: str, pretrained: bool = False, csv_only: bool = True) -> list[str]:
     """Options for a run of a couple of 32 px steps (``pretrained``: with the pretrained overlay)."""
-    return [
-        "-c", SCRATCH, *(["-c", PRETRAINED] if pretrained else []), *(["-c", CSV_ONLY] if csv_only else []),
-        "--data.data_dir", str(data_dir), "--data.image_size", "32", "--data.batch_size", "16",
-        "--data.num_workers", "0", "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra,
-    ]  # fmt: skip
+    configs = [SCRATCH, *([PRETRAINED] if pretrained else []), *([CSV_ONLY] if csv_only else [])]
+    limits = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+    return fit_options(data_dir, run_dir, *limits, *extra, image_size=32, batch_size=16, max_epochs=1, configs=configs)
 
 
 def epoch_losses(run_dir: Path) -> dict[int, float]:
     """``train_loss_epoch`` by epoch from the CSV logs of every version under the run dir."""
-    losses: dict[int, float] = {}
-    for path in sorted(run_dir.glob("lightning_logs/version_*/metrics.csv")):
-        with path.open() as handle:
-            for row in csv.DictReader(handle):
-                if row.get("train_loss_epoch"):
-                    losses[int(row["epoch"])] = float(row["train_loss_epoch"])
-    return losses
+    return logged(run_dir, "train_loss_epoch")
 
 
 @pytest.fixture(scope="module")
@@ -266,33 +253,22 @@ def test_ddp_two_cpu_processes_fit_one_step(fused_dataset: Path, tmp_path: Path)
 @pytest.fixture(scope="module")
 def learnable_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A somewhat bigger generated dataset than the shared one: 240 cats and 240 dogs (8 breeds) to train on."""
-    from catdog.fusion import fuse
-    from catdog.sample_data import generate
-
     root = tmp_path_factory.mktemp("learnable")
-    sources = generate(root / "kaggle", cats=300, dogs_per_breed=30, breeds=10, size=64, seed=1)
-    fuse(sources.cats_source, sources.dogs_source, root / "dataset", cat_train=240, cat_test=60, seed=1,
-         progress=False)  # fmt: skip
-    return root / "dataset"
+    return fused_sample(
+        root, cats=300, dogs_per_breed=30, breeds=10, size=64, seed=1, cat_train=240, cat_test=60, split_seed=1
+    )
 
 
 @pytest.mark.slow
 def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> None:
     """From scratch at 48 px, validation accuracy climbs well above chance within a few CPU epochs."""
     run_dir = tmp_path / "learn"
-    options = [
-        "-c", SCRATCH, "-c", CSV_ONLY, "--data.data_dir", str(learnable_dataset), "--data.image_size", "48",
-        "--data.num_workers", "0", "--trainer.max_epochs", "4", "--trainer.default_root_dir", str(run_dir),
-        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-    ]  # fmt: skip
+    options = fit_options(learnable_dataset, run_dir, image_size=48, max_epochs=4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread wastes the least CPU time on a shared machine
     try:
         assert main(["fit", *options]) == 0
     finally:
         torch.set_num_threads(threads)
-    accuracies: dict[int, float] = {}
-    for path in run_dir.glob("lightning_logs/version_*/metrics.csv"):
-        with path.open() as handle:
-            accuracies.update({int(r["epoch"]): float(r["val_acc"]) for r in csv.DictReader(handle) if r["val_acc"]})
+    accuracies = logged(run_dir, "val_acc")
     assert max(accuracies.values()) >= 0.85, accuracies
