@@ -272,3 +272,22 @@ def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> Non
         torch.set_num_threads(threads)
     accuracies = logged(run_dir, "val_acc")
     assert max(accuracies.values()) >= 0.85, accuracies
+
+
+@pytest.mark.parametrize("model_name", ["tf_efficientnetv2_b2", "test_efficientnet"])
+def test_the_data_module_normalises_as_the_built_model(fused_dataset: Path, tmp_path: Path, model_name: str) -> None:
+    """The data module's preprocessing is linked from the instantiated model (timm data config, image size)."""
+    from catdog.network import preprocess_config_for
+
+    cli = _cli(tiny(fused_dataset, tmp_path / "run", "--model.model_name", model_name))
+    expected = preprocess_config_for(model_name, 32)
+    assert cli.model.preprocess_config == expected
+    assert cli.datamodule.preprocess_config is cli.model.preprocess_config
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.train_set.config == expected and cli.datamodule.val_set.config == expected
+    assert "model_name" not in cli.datamodule.hparams  # the data module knows no model
+
+
+def test_the_data_module_has_no_model_name_option(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _cli(["-c", SCRATCH, "--data.model_name", "test_efficientnet"])
