@@ -63,6 +63,12 @@ def upload_hint(uri: str, err: BaseException) -> str:
     return "check the destination and the credentials"
 
 
+def check_save_model_epoch(epoch: int) -> None:
+    """Refuse an epoch :class:`SaveModel` can never reach (epochs count from 1)."""
+    if epoch < 1:
+        raise CatDogError(f"poutyne.save_model_epoch must be at least 1 (epochs count from 1), got {epoch}")
+
+
 class SaveModel(Callback):
     """Save the network's state dict after epoch ``epoch`` and upload it to ``upload_uri``.
 
@@ -75,8 +81,7 @@ class SaveModel(Callback):
 
     def __init__(self, directory: str | os.PathLike[str], epoch: int = 1, upload_uri: str | None = None) -> None:
         super().__init__()
-        if epoch < 1:
-            raise CatDogError(f"poutyne.save_model_epoch must be at least 1 (epochs count from 1), got {epoch}")
+        check_save_model_epoch(epoch)
         self.directory = Path(directory)
         self.epoch = epoch
         self.upload_uri = upload_uri or None

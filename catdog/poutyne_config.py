@@ -95,11 +95,14 @@ def build_parser() -> Any:
 
 def plan_run(config: Any) -> PoutynePlan:
     """Check the configuration and decide the run dir, epochs, batch limits, device and early stopping."""
+    from catdog.poutyne_callbacks import check_save_model_epoch
+
     options = PoutyneOptions(**config.poutyne.as_dict())
     trainer = config.trainer
     epochs = trainer.max_epochs
     if epochs is None or epochs < 1:
         raise CatDogError(f"trainer.max_epochs must be at least 1 for catdog poutyne, got {epochs}")
+    check_save_model_epoch(options.save_model_epoch)  # before anything is written
     data_dir = Path(config.data.data_dir)
     if not data_dir.is_dir():
         raise CatDogError(
