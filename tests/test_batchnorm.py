@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import torch
 from torch import nn
 
 from catdog import CatDogError
-from catdog.batchnorm import DEFAULT_BN_MOMENTUM, batchnorm_layers, recalibrate_batchnorm, set_bn_momentum
+from catdog.batchnorm import (
+    DEFAULT_BN_MIN_VALUES,
+    DEFAULT_BN_MOMENTUM,
+    batchnorm_layers,
+    recalibrate_batchnorm,
+    set_bn_momentum,
+)
 from catdog.network import build_network
 
 MODEL = "tf_efficientnetv2_b2"
@@ -80,8 +87,81 @@ def test_recalibration_without_batches_changes_nothing_and_skips_single_images()
         network[1].running_mean.fill_(5.0)
     assert recalibrate_batchnorm(network, []) == 0
     assert torch.equal(network[1].running_mean, torch.full((4,), 5.0))
-    assert recalibrate_batchnorm(network, [torch.randn(1, 3, 4, 4), torch.randn(3, 3, 4, 4)]) == 1
+    assert recalibrate_batchnorm(network, [torch.randn(1, 3, 16, 16), torch.randn(3, 3, 16, 16)]) == 1
     assert not torch.equal(network[1].running_mean, torch.full((4,), 5.0))
+
+
+def test_layers_that_see_too_few_values_keep_their_statistics() -> None:
+    """A layer re-estimated from fewer than ``min_values`` values per channel keeps the statistics it had."""
+    torch.manual_seed(3)
+    network = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4)
+    )
+    with torch.no_grad():
+        for layer in (network[1], network[4]):
+            layer.running_mean.fill_(0.5)
+            layer.running_var.fill_(2.0)
+            layer.num_batches_tracked.fill_(7)
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(4)]  # 4 x 8 x 8 x 8 = 2048 values, then 4 x 8 = 32
+    assert DEFAULT_BN_MIN_VALUES > 32
+    assert recalibrate_batchnorm(network, batches) == 4
+    mean, var = _batch_statistics(network[0], batches)
+    torch.testing.assert_close(network[1].running_mean, mean)
+    torch.testing.assert_close(network[1].running_var, var)
+    assert torch.equal(network[4].running_mean, torch.full((4,), 0.5))
+    assert torch.equal(network[4].running_var, torch.full((4,), 2.0))
+    assert int(network[4].num_batches_tracked) == 7
+    assert recalibrate_batchnorm(network, batches, min_values=32) == 4  # enough for this smaller minimum
+    assert not torch.equal(network[4].running_var, torch.full((4,), 2.0))
+
+
+def _eval_misfit(network: nn.Module, images: torch.Tensor) -> tuple[float, float, float]:
+    """Largest RMS z-score of a BatchNorm layer's eval input against its running statistics, the largest pooled
+    feature, and the relative float32 error of the pooled features against float64."""
+    zscores: list[float] = []
+
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        x = inputs[0].transpose(0, 1).flatten(1)
+        z = (x - layer.running_mean[:, None]) / (layer.running_var[:, None] + layer.eps).sqrt()
+        zscores.append(float(z.pow(2).mean().sqrt()))
+
+    network.eval()
+    hooks = [layer.register_forward_hook(hook) for layer in batchnorm_layers(network)]
+    with torch.no_grad():
+        features = network.forward_head(network.forward_features(images), pre_logits=True).double()
+    for handle in hooks:
+        handle.remove()
+    exact_network = copy.deepcopy(network).double()
+    with torch.no_grad():
+        exact = exact_network.forward_head(exact_network.forward_features(images.double()), pre_logits=True)
+    return max(zscores), float(exact.abs().max()), float((features - exact).norm() / exact.norm())
+
+
+def test_one_batch_at_32_px_leaves_an_eval_network_that_float32_can_compute(fused_dataset: Path) -> None:
+    """The 1-epoch demo on its smallest data: one batch of 16 images, so 16 values per channel at the 1x1 last stage.
+
+    Re-estimating every layer from them (``min_values=0``, the former policy) leaves eval inputs hundreds of
+    running standard deviations off, features in the thousands and float32 off by percents (the export check
+    then refuses the model); the layers that saw too few values keep their statistics instead.
+    """
+    from catdog.data import CatDogDataModule
+
+    module = CatDogDataModule(fused_dataset, image_size=32, batch_size=16, num_workers=0)
+    module.setup("fit")
+    module.setup("test")
+    torch.manual_seed(0)
+    batch, _ = next(iter(module.train_dataloader()))
+    others = torch.cat([images for images, _ in module.test_dataloader()])
+    results = {}
+    for min_values in (0, DEFAULT_BN_MIN_VALUES):
+        torch.manual_seed(0)
+        network = build_network(MODEL)
+        recalibrate_batchnorm(network, [batch], min_values=min_values)
+        results[min_values] = _eval_misfit(network, others)
+    z, peak, error = results[0]
+    assert z > 50 and peak > 100 and error > 1e-3, results  # the failure the minimum prevents
+    z, peak, error = results[DEFAULT_BN_MIN_VALUES]
+    assert z < 3 and peak < 10 and error < 1e-5, results
 
 
 def test_the_classifier_recalibrates_before_early_validations_only(
