@@ -234,10 +234,104 @@ def test_export_fails_loudly_when_onnxruntime_disagrees(tmp_path: Path) -> None:
 
     out = tmp_path / "noisy.onnx"
     out.write_bytes(b"previous export")
-    with pytest.raises(ExportError, match="max abs difference"):
+    with pytest.raises(ExportError, match="max abs difference") as raised:
         export_onnx(_Noisy(), PreprocessConfig(image_size=16), out, "noisy")
+    assert str(raised.value).startswith(f"{out}: ")  # the file asked for, not the temporary one
+    assert "torch itself gives different answers for the same input" in str(raised.value)
     assert out.read_bytes() == b"previous export"  # the old file survives, nothing half-written beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noisy.onnx"]
+
+
+class _Shifted(torch.nn.Module):
+    """Its exported graph differs from torch: an export fault, not rounding (the bias is added after export)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3)
+        self.shift = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3)) + self.shift
+
+
+def test_an_export_fault_is_told_apart_from_rounding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import catdog.export
+    from catdog.export import ExportError, export_onnx
+
+    network = _Shifted()
+    real_verify = catdog.export.verify_onnx
+
+    def verify_after_a_change(*args: object, **kwargs: object) -> float:
+        network.shift = 0.01  # torch now answers differently from the file written before
+        return real_verify(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(catdog.export, "verify_onnx", verify_after_a_change)
+    with pytest.raises(ExportError, match="the exported graph computes something else"):
+        export_onnx(network, PreprocessConfig(image_size=16), tmp_path / "shifted.onnx", "shifted")
+
+
+def _ill_conditioned_network() -> torch.nn.Module:
+    """tf_efficientnetv2_b2 from scratch whose BatchNorm layers were all re-estimated from 16 generated images
+    at 32 px (16 values per channel at its 1x1 last stage), as the former policy did; exportable layers."""
+    from catdog.batchnorm import recalibrate_batchnorm
+    from catdog.network import build_network
+    from catdog.sample_data import breed_style, draw_cat, draw_dog
+    from catdog.transforms import eval_transform
+
+    rng = np.random.default_rng(0)
+    config = PreprocessConfig(image_size=32)
+    drawn = [draw_cat(rng, 32) if i % 2 else draw_dog(rng, 32, breed_style(i % 3, 0)) for i in range(16)]
+    images = torch.from_numpy(np.stack([eval_transform(image, config) for image in drawn]))
+    torch.manual_seed(0)
+    network = build_network("tf_efficientnetv2_b2", exportable=True)
+    with torch.no_grad():
+        torch.nn.init.normal_(network.get_classifier().weight, std=0.01)  # a head that has learnt a little
+    recalibrate_batchnorm(network, [images], min_values=0)
+    return network.eval()
+
+
+def test_an_ill_conditioned_network_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Float32 torch itself is far from float64 torch: the message says so, where, and which statistics misfit."""
+    from catdog.export import ExportError, export_onnx
+
+    with pytest.raises(ExportError) as raised:
+        export_onnx(_ill_conditioned_network(), PreprocessConfig(image_size=32), tmp_path / "m.onnx", "m")
+    message = str(raised.value)
+    assert "the file was not written" in message and "numerically ill-conditioned" in message, message
+    assert re.search(r"float32 torch itself is \S+ away from float64 torch \(onnxruntime: \S+\)", message), message
+    assert re.search(r"its float32 error passes 0.0001 relative at 'blocks\.", message), message
+    assert re.search(r"BatchNorm layer '\S+' is the first whose eval inputs lie \S+ running standard", message), message
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_demo_fit_on_its_smallest_data_exports(tmp_path: Path) -> None:
+    """`catdog demo --image-size 32 --epochs 1 --cats 24 --dogs-per-breed 4 --breeds 3`: its fit, then its export.
+
+    One batch of 16 training images, 16 values per channel at the 1x1 last stage: re-estimating every BatchNorm
+    layer from them made a model whose float32 answers were rounding noise (logits 230, export refused 11.6 off);
+    the layers that saw too few values keep their statistics, and onnxruntime gives float64 torch's answers.
+    """
+    from train_helpers import fit_options, fused_sample
+
+    from catdog.model import load_classifier
+    from catdog.transforms import preprocess
+
+    data = fused_sample(tmp_path, cats=24, dogs_per_breed=4, breeds=3, size=32, seed=0, cat_train=17, cat_test=7)
+    run = tmp_path / "runs" / "scratch"
+    assert cli.main(["fit", *fit_options(data, run, image_size=32, max_epochs=1, batch_size=16)]) == 0
+    ckpt, out = run / "checkpoints" / "best.ckpt", tmp_path / "models" / "scratch.onnx"
+    assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+
+    served = load_classifier(ckpt)
+    config = served.preprocess_config
+    paths = sorted((data / "test").rglob("*.jpg"))
+    images = np.stack([preprocess(path.read_bytes(), config) for path in paths])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"image": images})
+    with torch.inference_mode():
+        exact = served.network.double()(torch.from_numpy(images).double()).numpy()
+    np.testing.assert_allclose(logits, exact, atol=1e-4, rtol=0)
+    assert np.abs(exact).max() < 10  # not the runaway activations of ill-fitting statistics
 
 
 def test_command_line_mistakes_are_clear_errors(
