@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from train_helpers import save_checkpoint
 
 from catdog import CatDogError, cli
 from catdog.export import as_if_trained
@@ -28,25 +29,12 @@ IMAGE_SIZE = 40
 
 def _save_checkpoint(path: Path, seed: int) -> None:
     """A real Lightning checkpoint of a :class:`CatDogClassifier` with non-trivial batch-norm statistics."""
-    import lightning.pytorch as pl
-
     from catdog.model import CatDogClassifier
 
     torch.manual_seed(seed)
     model = CatDogClassifier(model_name=SMALL_MODEL, image_size=IMAGE_SIZE)
     as_if_trained(model.network)
-    trainer = pl.Trainer(
-        default_root_dir=path.parent,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.strategy.connect(model)
-    model.trainer = trainer
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
+    save_checkpoint(model, path)
 
 
 @pytest.fixture(scope="module")
