@@ -38,6 +38,10 @@ DEFAULT_BN_MOMENTUM = 0.1
 DEFAULT_BN_RECALIBRATION_BATCHES = 32
 #: ... while fewer optimizer steps than this have run (the torch trainers' defaults).
 DEFAULT_BN_RECALIBRATION_STEPS = 500
+#: A layer whose re-estimate would rest on fewer values per channel than this (images x height x width over
+#: the batches read) keeps its moving statistics: so few values misdescribe its inference inputs (the torch
+#: trainers' minimum, measured in ``catdog.batchnorm``).
+DEFAULT_BN_MIN_VALUES = 512
 
 
 def use_backend(name: str) -> None:

@@ -7,11 +7,13 @@ with the lowest ``val_loss``, ``checkpoints/last.keras`` the final completed epo
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from keras_baselines import DEFAULT_BN_MIN_VALUES
 from keras_baselines.models import ModelSpec, batch_norm_layers
 
 EPOCHS_DIRNAME = "epochs"
@@ -72,26 +74,47 @@ class BatchNormRecalibration(keras.callbacks.Callback):
             self.recalibrations += 1
 
 
-def recalibrate_batchnorm(model: keras.Model, batches: Any, max_batches: int | None = None) -> int:
+def recalibrate_batchnorm(
+    model: keras.Model, batches: Any, max_batches: int | None = None, min_values: int = DEFAULT_BN_MIN_VALUES
+) -> int:
     """Replace every BatchNormalization layer's moving statistics by their average over ``batches``
-    (``(images, labels)`` pairs; at most ``max_batches``) in training mode; returns the batches used."""
+    (``(images, labels)`` pairs; at most ``max_batches``) in training mode; returns the batches used.
+
+    A layer that saw fewer than ``min_values`` values per channel (images x height x width over the batches
+    read: the deep, small layers of a small run) keeps the statistics it had, as in the torch trainers.
+    """
     layers = batch_norm_layers(model)
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
-    used = 0
+    kept = [(keras.ops.copy(layer.moving_mean), keras.ops.copy(layer.moving_variance)) for layer in layers]
+    values_per_image = [_values_per_channel(layer) for layer in layers]
+    used = images_seen = 0
     try:
         for images, _ in itertools.islice(iter(batches), max_batches):
             if len(images) < 2:
                 continue
             used += 1
+            images_seen += len(images)
             for layer in layers:
                 layer.momentum = 1.0 - 1.0 / used  # running average: the k-th batch weighs 1/k
             model(images, training=True)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
+    for layer, (mean, variance), per_image in zip(layers, kept, values_per_image, strict=True):
+        if images_seen * per_image < min_values:
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
     return used
+
+
+def _values_per_channel(layer: keras.layers.BatchNormalization) -> int:
+    """Values per channel one image gives ``layer`` (the product of its input's non-channel dimensions)."""
+    shape = layer.input.shape
+    axis = layer.axis[0] if isinstance(layer.axis, list | tuple) else layer.axis
+    axis %= len(shape)
+    return int(math.prod(d for i, d in enumerate(shape) if i not in (0, axis)))
 
 
 def make_callbacks(

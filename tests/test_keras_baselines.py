@@ -270,6 +270,39 @@ def test_recalibration_gives_the_average_of_the_batch_statistics() -> None:
     assert bn.momentum == 0.99  # restored
 
 
+def test_recalibration_keeps_the_statistics_of_a_layer_that_saw_too_few_values() -> None:
+    """As in the torch trainers: a re-estimate from fewer than 512 values per channel is not used."""
+    from keras_baselines.callbacks import recalibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.BatchNormalization(name="wide")(keras.layers.Conv2D(4, 3, name="conv")(inputs))  # 16 per image
+    x = keras.layers.Reshape((1, 1, 4))(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.BatchNormalization(name="deep")(x)  # one value per image
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(2.0, 3.0, (8, 6, 6, 3)).astype("float32"), None) for _ in range(4)]  # 32 images
+    deep_before = np.asarray(model.get_layer("deep").moving_variance).copy()
+    wide_before = np.asarray(model.get_layer("wide").moving_mean).copy()
+    assert recalibrate_batchnorm(model, batches) == 4
+    np.testing.assert_array_equal(model.get_layer("deep").moving_variance, deep_before)  # 32 values: kept
+    assert np.abs(np.asarray(model.get_layer("wide").moving_mean) - wide_before).max() > 0.1  # 512: re-estimated
+    assert recalibrate_batchnorm(model, batches, min_values=32) == 4
+    assert np.abs(np.asarray(model.get_layer("deep").moving_variance) - deep_before).max() > 0.01
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_baseline_tells_its_batchnorm_layers_values_per_image(all_runs: Path, name: str) -> None:
+    from keras_baselines.callbacks import _values_per_channel
+    from keras_baselines.models import batch_norm_layers
+
+    model = keras.saving.load_model(all_runs / name / "checkpoints" / "best.keras")
+    values = [_values_per_channel(layer) for layer in batch_norm_layers(model)]
+    assert all(v >= 1 for v in values)
+    if values:  # the first layers see (almost) the whole image, the last ones a few pixels
+        assert values[0] >= 8 * 8 and values[-1] < values[0]
+
+
 def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> None:
     from keras_baselines.callbacks import BatchNormRecalibration
 
@@ -277,8 +310,8 @@ def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> Non
     model = _conv_bn_model()
     model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy", run_eagerly=True)
     rng = np.random.default_rng(1)
-    images = rng.normal(5.0, 2.0, (8, 6, 6, 3)).astype("float32")
-    labels = rng.integers(0, 2, (8, 1)).astype("float32")
+    images = rng.normal(5.0, 2.0, (32, 6, 6, 3)).astype("float32")  # 512 values per channel at "bn"
+    labels = rng.integers(0, 2, (32, 1)).astype("float32")
     gaps: list[float] = []  # |moving mean - the training images' mean| at each validation
 
     class Probe(keras.callbacks.Callback):
@@ -287,9 +320,9 @@ def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> Non
             train_mean = np.asarray(conv(images)).mean(axis=(0, 1, 2))
             gaps.append(float(np.abs(np.asarray(self.model.get_layer("bn").moving_mean) - train_mean).max()))
 
-    batches = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    batches = [(images[:16], labels[:16]), (images[16:], labels[16:])]
     callback = BatchNormRecalibration(batches, max_batches=2, max_steps=3)
-    model.fit(images, labels, batch_size=4, validation_data=batches[0], epochs=3, callbacks=[callback, Probe()],
+    model.fit(images, labels, batch_size=16, validation_data=batches[0], epochs=3, callbacks=[callback, Probe()],
               shuffle=False, verbose=0)  # fmt: skip
     # After epoch 1 (2 steps) the statistics are the training images'; epochs 2 and 3 start at 4 and 6
     # steps, past max_steps, and momentum 0.99 has left the moving mean far from them.
