@@ -14,6 +14,7 @@ import poutyne
 import pytest
 import torch
 import torchmetrics
+from train_helpers import CSV_ONLY, POUTYNE, PRETRAINED, SCRATCH, logged
 
 from catdog.cli import main
 from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
@@ -25,9 +26,6 @@ from catdog.poutyne_trainer import PoutyneRun, prepare, train_poutyne
 os.environ.setdefault("WANDB_MODE", "offline")
 
 MODEL = "test_efficientnet"  # a ~0.1M-parameter timm test network: fast on CPU
-REPO = Path(__file__).resolve().parents[1]
-SCRATCH, PRETRAINED = str(REPO / "configs" / "scratch.yaml"), str(REPO / "configs" / "pretrained.yaml")
-POUTYNE, CSV_ONLY = str(REPO / "configs" / "poutyne.yaml"), str(REPO / "configs" / "logger" / "csv.yaml")
 
 
 def shared(dataset: Path, *extra: str, config: tuple[str, ...] = (SCRATCH,)) -> list[str]:
@@ -304,17 +302,6 @@ def test_first_batch_and_losses_match_lightning(fused_dataset: Path, weights_fil
     assert poutyne_loss != pytest.approx(poutyne_val, rel=1e-3), "training and evaluation losses should differ"
 
 
-def lightning_epochs(run_dir: Path) -> dict[int, dict[str, float]]:
-    """``train_loss_epoch`` and ``val_loss`` by epoch (counted from 1) from Lightning's CSV log."""
-    epochs: dict[int, dict[str, float]] = {}
-    for path in run_dir.glob("lightning_logs/version_*/metrics.csv"):
-        for row in csv.DictReader(path.open()):
-            for key in ("train_loss_epoch", "val_loss"):
-                if row.get(key):
-                    epochs.setdefault(int(row["epoch"]) + 1, {})[key] = float(row[key])
-    return epochs
-
-
 @pytest.mark.slow
 def test_three_epochs_match_lightning(fused_dataset: Path, weights_file: Path, tmp_path: Path) -> None:
     """`catdog fit` + `catdog test` and `catdog poutyne` from the same configs: losses, checkpoints, test scores."""
@@ -328,11 +315,12 @@ def test_three_epochs_match_lightning(fused_dataset: Path, weights_file: Path, t
                                      str(weights_file), "--trainer.max_epochs", "3"))  # fmt: skip
     assert main(["test", *common, *l_only, "--ckpt_path", "best"]) == 0
 
-    logged = lightning_epochs(l_dir)
-    assert sorted(logged) == [1, 2, 3] == [int(row["epoch"]) for row in run.history]
+    train_loss, val_loss = logged(l_dir, "train_loss_epoch"), logged(l_dir, "val_loss")  # epochs from 0
+    assert sorted(train_loss) == sorted(val_loss) == [0, 1, 2]
+    assert [int(row["epoch"]) for row in run.history] == [1, 2, 3]  # Poutyne counts from 1
     for row in run.history:
-        assert row["loss"] == pytest.approx(logged[int(row["epoch"])]["train_loss_epoch"], rel=1e-4)
-        assert row["val_loss"] == pytest.approx(logged[int(row["epoch"])]["val_loss"], rel=1e-4)
+        assert row["loss"] == pytest.approx(train_loss[int(row["epoch"]) - 1], rel=1e-4)
+        assert row["val_loss"] == pytest.approx(val_loss[int(row["epoch"]) - 1], rel=1e-4)
     l_best = torch.load(l_dir / "checkpoints" / "best.ckpt", weights_only=False, map_location="cpu")
     l_last = torch.load(l_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert l_best["epoch"] + 1 == 1 + int(np.argmin([row["val_loss"] for row in run.history]))

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = str(ROOT / "configs" / "scratch.yaml")
 PRETRAINED = str(ROOT / "configs" / "pretrained.yaml")
 CSV_ONLY = str(ROOT / "configs" / "logger" / "csv.yaml")
+POUTYNE = str(ROOT / "configs" / "poutyne.yaml")
 
 
 def fused_sample(root: Path, *, cat_train: int, cat_test: int, split_seed: int = 42, **sample: int) -> Path:
