@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--val-fraction", type=float, default=0.15, help="of each class of train/, seeded split")
     train.add_argument("--seed", type=int, default=42)
+    train.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TensorFlow's op determinism, so that a seed gives one run (default; --no-deterministic: off)",
+    )
     train.add_argument("--learning-rate", type=float, default=None, help="default: per model")
     train.add_argument(
         "--bn-momentum",
@@ -224,6 +230,7 @@ def _train_config(args: argparse.Namespace, name: str, out: Path, train_lib):
         offline=args.offline,
         augment=args.augment,
         run_eagerly=args.eager,
+        deterministic=args.deterministic,
         verbose=0 if args.quiet else 2,
     )
 

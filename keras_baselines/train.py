@@ -60,6 +60,7 @@ class TrainConfig:
     offline: bool = False
     augment: bool = True
     run_eagerly: bool = False
+    deterministic: bool = True
     verbose: int = 2
 
 
@@ -87,13 +88,27 @@ def predict_test(model: Any, test: Any, files: list[str], labels: list[int], run
     return write_predictions(files, labels, p_dog, run_dir)
 
 
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and the backend; with ``deterministic``, TensorFlow's ops too, so a seed gives one run.
+
+    Without TensorFlow's op determinism its multi-threaded kernels sum in varying order: the same custom_cnn
+    run (seed 42, 8 epochs at 32 px) gave balanced accuracies 0.79, 0.85 and 0.83 three times in one process,
+    and 0.72 three times with it. (The torch backend is deterministic on the CPU as it is.)
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def train(config: TrainConfig) -> RunMetrics:
     """Train ``config.model``, test its best checkpoint on ``<data>/test`` and write the run directory."""
     _check_config(config)
     spec = get_spec(config.model)
     run_dir = Path(config.out)
     data_lib.check_dataset(config.data)
-    keras.utils.set_random_seed(config.seed)
+    seed_everything(config.seed, config.deterministic)
     model = build_model(
         spec.name,
         image_size=config.image_size,

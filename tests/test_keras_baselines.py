@@ -7,6 +7,7 @@ copy of the fused test dataset; the torch-backend run and the import checks use 
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import json
 import os
@@ -20,6 +21,11 @@ import pytest
 
 if "keras" not in sys.modules:
     os.environ["KERAS_BACKEND"] = "tensorflow"  # the default backend; the torch one runs in a subprocess
+# Lightning before keras: typing caches Unions by set equality, so a ``Optional[Union[float, int]]`` that keras
+# builds first becomes Lightning's ``limit_train_batches`` type, and the Trainer arguments of the other tests
+# in this process (test_poutyne, test_train_cli) would parse ``--trainer.limit_train_batches 2`` as 2.0.
+with contextlib.suppress(ImportError):  # the keras tests themselves do not need it
+    import lightning.pytorch  # noqa: F401
 keras = pytest.importorskip("keras", reason="keras_baselines needs the keras extra: pip install -e '.[keras]'")
 
 from catdog import CLASSES, CatDogError  # noqa: E402
@@ -333,18 +339,30 @@ def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> Non
 
 
 def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path) -> None:
-    """custom_cnn, 32 px, 8 epochs of 8 batches on the generated data: both classes predicted and ranked.
+    """custom_cnn, 32 px, 12 epochs of 8 batches on the generated data: both classes predicted and ranked.
 
-    (Measured: accuracy 0.78, balanced accuracy 0.76, AUROC 0.91. EfficientNetV2B2 needs minutes per epoch
-    on a CPU, too slow for a test; its BatchNorm policy is tested on small networks above.)
+    (Measured: balanced accuracy 0.96, AUROC 1.0; the run is the same every time, see the next test.
+    EfficientNetV2B2 needs minutes per epoch on a CPU, too slow for a test; its BatchNorm policy is tested on
+    small networks above.)
     """
     out = tmp_path / "custom_cnn"
     argv = ["train", "--model", "custom_cnn", "--data", str(fused_dataset), "--out", str(out), "--image-size", "32"]
-    assert main([*argv, "--epochs", "8", "--batch-size", "16", "--eager", "--quiet"]) == 0
+    assert main([*argv, "--epochs", "12", "--batch-size", "16", "--eager", "--quiet"]) == 0
     scores = read_predictions(out / "predictions.csv").score()
     (cat_cat, cat_dog), (dog_cat, dog_dog) = scores.confusion_matrix
     assert cat_cat > 0 and dog_dog > 0 and scores.collapse_warning() is None
-    assert scores.balanced_accuracy >= 0.7 and scores.auroc >= 0.8
+    assert scores.balanced_accuracy >= 0.8 and scores.auroc >= 0.9, scores
+
+
+def test_a_seed_gives_one_run(fused_dataset: Path, tmp_path: Path) -> None:
+    """Twice the same seed in one process: the same predictions, to the bit (TensorFlow's op determinism;
+    without it three such custom_cnn runs scored balanced accuracies 0.79, 0.85 and 0.83)."""
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        argv = ["train", "--model", "custom_cnn", "--data", str(fused_dataset), "--out", str(out)]
+        assert main([*argv, "--image-size", "32", "--epochs", "2", "--batch-size", "16", "--quiet"]) == 0
+    first, second = (read_predictions(out / "predictions.csv") for out in runs)
+    assert first.files == second.files and list(first.p_dog) == list(second.p_dog)
 
 
 def test_evaluate_command_reproduces_the_predictions(all_runs: Path, tiny_dataset: Path, tmp_path: Path) -> None:
