@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 
 from catdog import CatDogError
-from catdog.compare_plan import PlannedRun, default_config, load_config, override_recipe, plan_runs, recipe_dict
+from catdog.compare_plan import (
+    PlannedRun,
+    Recipe,
+    default_config,
+    load_config,
+    override_recipe,
+    plan_runs,
+    recipe_dict,
+)
 from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
 from catdog.report import collect, format_duration
 from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
@@ -82,7 +90,7 @@ def compare(
     unknown = sorted(set(only or []) - set(names))
     if unknown:
         raise CatDogError(f"--only {' '.join(unknown)}: no such run in {config_path}; runs: {', '.join(names)}")
-    val_files = _choose_val_files(data, out, config.recipe.val_fraction, config.recipe.seed)
+    val_files = _choose_val_files(data, out, config.recipe)
     planned = plan_runs(config, data, out, val_files)
     previous = _previous_record(out)
     entries = []
@@ -107,9 +115,9 @@ def compare(
     return 1 if failed else 0
 
 
-def _choose_val_files(data: Path, out: Path, val_fraction: float, seed: int) -> Path:
-    """Write ``<out>/val_files.txt`` (stratified, seeded; the same for every run) and return its path."""
-    split = split_train(data, val_fraction=val_fraction, seed=seed)
+def _choose_val_files(data: Path, out: Path, recipe: Recipe) -> Path:
+    """Write ``<out>/val_files.txt`` (the recipe's split, seeded; the same for every run) and return its path."""
+    split = split_train(data, val_fraction=recipe.val_fraction, seed=recipe.seed, val_split=recipe.val_split)
     path = out / VAL_FILES
     names = sorted(split.val_names(data))
     if not path.is_file() or path.read_text().split() != names:

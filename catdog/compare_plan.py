@@ -16,6 +16,7 @@ import yaml
 
 from catdog import CatDogError
 from catdog.config_files import packaged_config_dir, resolve_config
+from catdog.splits import VAL_SPLITS
 
 TRAINERS = ("lightning", "poutyne", "keras")
 KERAS_MODELS = ("effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn", "vgg16")
@@ -39,6 +40,7 @@ class Recipe:
     batch_size: int = 32
     seed: int = 42
     val_fraction: float = 0.15
+    val_split: str = "random"
     checkpoint: str = "lowest val_loss"
     bn_momentum: float = 0.1
     steps_per_epoch: int | None = None
@@ -150,6 +152,8 @@ def _recipe(values: dict[str, Any], where: str, base: Recipe | None = None) -> R
         raise CatDogError(f"{where}: steps_per_epoch must be a positive integer or null")
     if not 0.0 < recipe.val_fraction < 1.0:
         raise CatDogError(f"{where}: val_fraction must be in (0, 1), got {recipe.val_fraction}")
+    if recipe.val_split not in VAL_SPLITS:
+        raise CatDogError(f"{where}: val_split must be one of {', '.join(VAL_SPLITS)}, got {recipe.val_split!r}")
     return recipe
 
 

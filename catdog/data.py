@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -134,9 +134,12 @@ class CatDogDataModule(pl.LightningDataModule):
         image_size: input size in pixels (the CLI links it to ``model.image_size``).
         batch_size: images per batch (per device).
         val_fraction: part of each class of ``train/`` held out for validation (stratified, seeded).
+        val_split: ``random`` (stratified by class) or ``breed``: whole dog breeds validate, as whole breeds
+            test, so that validation measures the same thing as test (:func:`catdog.splits.breed_split`; the
+            breeds come from the dataset's ``manifest.csv``).
         val_files: a validation file list (one path per line relative to ``data_dir``, e.g.
             ``train/cat/cat.12.jpg``; see :mod:`catdog.splits`): exactly those images validate, and
-            ``val_fraction``/``seed`` are not used.
+            ``val_fraction``/``val_split``/``seed`` are not used.
         num_workers: loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory (useful with a GPU).
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
@@ -156,6 +159,7 @@ class CatDogDataModule(pl.LightningDataModule):
         image_size: int = 224,
         batch_size: int = 32,
         val_fraction: float = 0.15,
+        val_split: Literal["random", "breed"] = "random",
         val_files: str | os.PathLike[str] | None = None,
         num_workers: int = 2,
         pin_memory: bool = False,
@@ -176,6 +180,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.batch_size = batch_size
         self.val_fraction = val_fraction
+        self.val_split = val_split
         self.val_files = val_files
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -211,7 +216,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self._check_data_dir()
         config = self.preprocess_config
         if stage in (None, "fit", "validate") and self.train_set is None:
-            split = split_train(self.data_dir, self.val_fraction, self.seed, self.val_files)
+            split = split_train(self.data_dir, self.val_fraction, self.seed, self.val_files, self.val_split)
             augment = train_augmentation(config, scale=self.augment_scale)  # type: ignore[arg-type]
             self.train_set = ImageDataset(split.train_paths, split.train_labels, config, augment, self.max_pixels)
             self.val_set = ImageDataset(split.val_paths, split.val_labels, config, None, self.max_pixels)

@@ -1,5 +1,9 @@
 """Which images make up each split of a fused dataset: listing, the validation split, file lists.
 
+The validation split is random (stratified by class) or, with ``val_split="breed"``, holds out whole dog
+breeds as the test split does (breeds read from the ``manifest.csv`` that ``catdog fuse`` writes), so that
+validation measures what test measures: dogs of breeds the network has not seen.
+
 Torch-free (numpy only), so every trainer (Lightning, Poutyne, Keras) and ``catdog compare`` choose
 exactly the same validation files. A file list is a text file with one path per line, relative to the
 dataset root and written with forward slashes (``train/cat/cat.12.jpg``), the same form as the
@@ -8,6 +12,7 @@ dataset root and written with forward slashes (``train/cat/cat.12.jpg``), the sa
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from catdog import CLASSES, CatDogError
+
+#: The file ``catdog fuse`` writes beside train/ and test/ (one row per source file; ``catdog.fusion``).
+MANIFEST = "manifest.csv"
+#: How ``train/`` is split into training and validation images.
+VAL_SPLITS = ("random", "breed")
 
 #: File name endings read as images, everywhere in catdog.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -93,13 +103,17 @@ def split_train(
     val_fraction: float = 0.15,
     seed: int = 42,
     val_files: str | os.PathLike[str] | None = None,
+    val_split: str = "random",
 ) -> TrainValSplit:
     """Split ``data_dir/train`` into training and validation images.
 
-    With ``val_files`` (a file list, see :func:`read_file_list`) exactly those images validate and
-    ``val_fraction``/``seed`` are ignored; otherwise a stratified, seeded ``val_fraction`` of each class.
+    With ``val_files`` (a file list, see :func:`read_file_list`) exactly those images validate and the other
+    arguments are ignored. Otherwise ``val_split`` ``"random"``: a stratified, seeded ``val_fraction`` of each
+    class; ``"breed"``: :func:`breed_split` (whole dog breeds, a random ``val_fraction`` of the cats).
     """
     data_dir = Path(data_dir)
+    if val_split not in VAL_SPLITS:
+        raise CatDogError(f"val_split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
     paths, labels = labelled_images(data_dir / "train")
     if val_files is not None:
         chosen = set(read_file_list(val_files, data_dir))
@@ -112,6 +126,9 @@ def split_train(
             )
         val_idx = [i for i, name in enumerate(names) if name in chosen]
         train_idx = [i for i, name in enumerate(names) if name not in chosen]
+    elif val_split == "breed":
+        names = [relative_name(p, data_dir) for p in paths]
+        train_idx, val_idx = breed_split(names, labels, training_dog_breeds(data_dir), val_fraction, seed)
     else:
         train_idx, val_idx = stratified_split(labels, val_fraction, seed)
     if not val_idx:
@@ -122,6 +139,58 @@ def split_train(
         [paths[i] for i in val_idx],
         [labels[i] for i in val_idx],
     )
+
+
+def training_dog_breeds(data_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The breed of every dog written to ``train/dog/`` (file name relative to ``data_dir`` -> breed), read from
+    ``data_dir/manifest.csv``."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise CatDogError(
+            f"{path}: not found; a validation split by breed reads each dog's breed from the manifest that "
+            "`catdog fuse` writes (use val_split random, or a file list of validation images, otherwise)"
+        )
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"destination", "breed"} <= set(rows[0]):
+        raise CatDogError(f"{path}: no destination/breed columns; is it a manifest written by `catdog fuse`?")
+    return {
+        row["destination"]: row["breed"]
+        for row in rows
+        if (row.get("destination") or "").startswith("train/dog/") and row.get("breed")
+    }
+
+
+def breed_split(
+    names: Sequence[str], labels: Sequence[int], breeds: dict[str, str], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Indices (train, val) with no dog breed on both sides: whole breeds, drawn with ``seed``, go to validation
+    until they hold ``val_fraction`` of the dogs (at least one breed, never all); the cats as
+    :func:`stratified_split`. ``names`` are relative to the dataset root; ``breeds`` maps the dogs' names."""
+    cat_idx = [i for i, label in enumerate(labels) if label == 0]
+    dog_idx = [i for i, label in enumerate(labels) if label == 1]
+    unknown = [names[i] for i in dog_idx if names[i] not in breeds]
+    if unknown:
+        raise CatDogError(
+            f"{unknown[0]} (and {len(unknown) - 1} more): no breed in {MANIFEST}; a validation split by breed "
+            "needs every dog of train/ listed there (rerun `catdog fuse`, or use val_split random)"
+        )
+    by_breed: dict[str, list[int]] = {}
+    for i in dog_idx:
+        by_breed.setdefault(breeds[names[i]], []).append(i)
+    if len(by_breed) < 2:
+        raise CatDogError(f"a validation split by breed needs dogs of 2 or more breeds in train/, not {len(by_breed)}")
+    cat_train, cat_val = stratified_split([0] * len(cat_idx), val_fraction, seed)
+    order = [sorted(by_breed)[k] for k in np.random.default_rng(seed).permutation(len(by_breed))]
+    wanted = round(len(dog_idx) * val_fraction)
+    val_breeds: list[str] = []
+    for breed in order[:-1]:  # one breed at least (when val_fraction > 0), never all of them
+        if val_fraction == 0 or (val_breeds and sum(len(by_breed[b]) for b in val_breeds) >= wanted):
+            break
+        val_breeds.append(breed)
+    val = [cat_idx[k] for k in cat_val] + [i for b in val_breeds for i in by_breed[b]]
+    train = [cat_idx[k] for k in cat_train] + [i for b in order if b not in val_breeds for i in by_breed[b]]
+    return sorted(train), sorted(val)
 
 
 def write_file_list(names: Sequence[str], path: str | os.PathLike[str]) -> Path:

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from catdog import CatDogError
+from catdog.splits import VAL_SPLITS
 from keras_baselines import (
     BACKENDS,
     DEFAULT_BN_MOMENTUM,
@@ -66,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "relative to --data, e.g. train/cat/cat.12.jpg); default: a stratified --val-fraction of train/",
     )
     train.add_argument("--val-fraction", type=float, default=0.15, help="of each class of train/, seeded split")
+    train.add_argument(
+        "--val-split",
+        choices=VAL_SPLITS,
+        default="random",
+        help="random (stratified by class) or breed (whole dog breeds validate, as they test; needs the "
+        "dataset's manifest.csv)",
+    )
     train.add_argument("--seed", type=int, default=42)
     train.add_argument(
         "--deterministic",
@@ -217,6 +225,7 @@ def _train_config(args: argparse.Namespace, name: str, out: Path, train_lib):
         epochs=args.epochs,
         batch_size=args.batch_size,
         val_fraction=args.val_fraction,
+        val_split=args.val_split,
         seed=args.seed,
         val_files=args.val_files,
         learning_rate=args.learning_rate,

@@ -122,12 +122,13 @@ def load_splits(
     seed: int = 42,
     augment: bool = True,
     val_files: str | Path | None = None,
+    val_split: str = "random",
 ) -> Splits:
     """Training/validation pipelines from ``<data>/train`` and the unshuffled test pipeline.
 
     ``val_files`` (a file list, :func:`catdog.splits.read_file_list`) names the validation images;
-    without it they are ``split_train(data, val_fraction, seed)``'s. ``label_mode`` is ``"categorical"``
-    (one-hot, for a 2-way softmax) or ``"binary"`` (one sigmoid unit). ``Splits.test_files[i]`` is the
+    without it they are ``split_train(data, val_fraction, seed, val_split=val_split)``'s. ``label_mode`` is
+    ``"categorical"`` (one-hot, for a 2-way softmax) or ``"binary"`` (one sigmoid unit). ``Splits.test_files[i]`` is the
     file of the test pipeline's i-th image.
     """
     if label_mode not in LABEL_MODES:
@@ -135,7 +136,7 @@ def load_splits(
     if val_files is None and not 0.0 < val_fraction < 1.0:
         raise CatDogError(f"--val-fraction must be strictly between 0 and 1, got {val_fraction}")
     root = check_dataset(data)
-    split = split_train(root, val_fraction=val_fraction, seed=seed, val_files=val_files)
+    split = split_train(root, val_fraction=val_fraction, seed=seed, val_files=val_files, val_split=val_split)
     if len(split.train_paths) < batch_size:
         raise CatDogError(
             f"--batch-size {batch_size}: larger than the {len(split.train_paths)} training images of {root}; "

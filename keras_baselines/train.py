@@ -47,6 +47,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     val_fraction: float = 0.15
+    val_split: str = "random"
     seed: int = 42
     val_files: str | Path | None = None
     learning_rate: float | None = None
@@ -124,6 +125,7 @@ def train(config: TrainConfig) -> RunMetrics:
         batch_size=config.batch_size,
         label_mode=spec.label_mode,
         val_fraction=config.val_fraction,
+        val_split=config.val_split,
         seed=config.seed,
         augment=config.augment,
         val_files=config.val_files,

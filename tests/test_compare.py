@@ -213,6 +213,10 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(CatDogError, match=r"runs\[0\].overrides: unknown setting\(s\) epoch"):
         load_config(path)
+    config["runs"][0]["overrides"] = {"val_split": "breeds"}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CatDogError, match=r"runs\[0\].overrides: val_split must be one of random, breed"):
+        load_config(path)
     config["runs"][0]["overrides"] = {}
     config["configs"]["scratch"] = "nowhere.yaml"
     path.write_text(yaml.safe_dump(config))

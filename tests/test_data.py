@@ -13,7 +13,7 @@ from PIL import Image
 from catdog import CLASSES, CatDogError
 from catdog.data import CatDogDataModule, EpochSampler
 from catdog.network import preprocess_config_for
-from catdog.splits import relative_name, stratified_split, write_file_list
+from catdog.splits import relative_name, split_train, stratified_split, write_file_list
 from catdog.transforms import ImageDecodeError, preprocess
 
 SIZE = 32
@@ -146,6 +146,16 @@ def test_val_files_choose_exactly_the_validation_images(fused_dataset: Path, tmp
     (tmp_path / "bad.txt").write_text("train/cat/no-such.jpg\n")
     with pytest.raises(CatDogError, match="bad.txt"):
         _datamodule(fused_dataset, val_files=str(tmp_path / "bad.txt")).setup("fit")
+
+
+def test_val_split_by_breed_is_the_shared_breed_split(fused_dataset: Path) -> None:
+    dm = _datamodule(fused_dataset, val_split="breed")
+    dm.setup("fit")
+    expected = split_train(fused_dataset, 0.2, 3, val_split="breed")
+    assert dm.val_set.paths == expected.val_paths and dm.train_set.paths == expected.train_paths
+    random = _datamodule(fused_dataset)
+    random.setup("fit")
+    assert dm.val_set.paths != random.val_set.paths
 
 
 def test_grayscale_and_rgba_images_become_rgb(fused_dataset: Path, tmp_path: Path) -> None:

@@ -465,6 +465,7 @@ def test_user_errors_name_the_argument(
         (["--model", "custom_cnn", "--weights", str(tmp_path / "w.weights.h5")], "effnetv2b2_imagenet only"),
         (["--model", "custom_cnn", "--val-files", str(tmp_path / "none.txt")], "none.txt: file list not found"),
         (["--model", "custom_cnn", "--batch-size", "17"], "--batch-size 17: larger than the 16 training images"),
+        (["--model", "custom_cnn", "--val-split", "breed"], "manifest.csv: not found"),  # the copy has none
     ]
     for extra, message in cases:
         assert main([*base, *extra]) == 2, extra
@@ -556,3 +557,11 @@ def test_torch_backend_trains_without_tensorflow(tiny_dataset: Path, tmp_path: P
     expected = split_train(tiny_dataset, val_fraction=0.15, seed=SEED).val_names(tiny_dataset)
     assert read_file_list(out / "val_files.txt", tiny_dataset) == sorted(expected)
     assert metrics.confusion_matrix == read_predictions(out / "predictions.csv").score().confusion_matrix
+
+
+def test_validation_by_breed_is_the_shared_split(fused_dataset: Path) -> None:
+    from keras_baselines.data import load_splits
+
+    splits = load_splits(fused_dataset, image_size=32, batch_size=8, label_mode="binary", val_split="breed")
+    expected = split_train(fused_dataset, 0.15, 42, val_split="breed")
+    assert sorted(splits.val_files) == sorted(expected.val_names(fused_dataset))

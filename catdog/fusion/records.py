@@ -12,9 +12,9 @@ from pathlib import Path
 
 from catdog import CLASSES
 from catdog.fusion.sources import SourceFile
+from catdog.splits import MANIFEST  # noqa: F401 - re-exported by catdog.fusion
 
 SPLITS = ("train", "test")
-MANIFEST = "manifest.csv"
 SPLIT_FILE = "split.json"
 MANIFEST_COLUMNS = ("split", "label", "breed", "source", "destination", "sha256", "size", "status", "detail")
 #: Statuses of files that are not in the output on purpose (everything else not "ok" is an exclusion).
