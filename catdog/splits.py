@@ -184,10 +184,12 @@ def breed_split(
     order = [sorted(by_breed)[k] for k in np.random.default_rng(seed).permutation(len(by_breed))]
     wanted = round(len(dog_idx) * val_fraction)
     val_breeds: list[str] = []
+    held_out = 0
     for breed in order[:-1]:  # one breed at least (when val_fraction > 0), never all of them
-        if val_fraction == 0 or (val_breeds and sum(len(by_breed[b]) for b in val_breeds) >= wanted):
+        if val_fraction == 0 or (val_breeds and held_out >= wanted):
             break
         val_breeds.append(breed)
+        held_out += len(by_breed[breed])
     val = [cat_idx[k] for k in cat_val] + [i for b in val_breeds for i in by_breed[b]]
     train = [cat_idx[k] for k in cat_train] + [i for b in order if b not in val_breeds for i in by_breed[b]]
     return sorted(train), sorted(val)
