@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from catdog.fusion import Source, fuse, fusion_arguments, make_plan
-from catdog.fusion.placement import make_folders, write_plan
-from catdog.fusion.plan import KEEP_BYTES, default_workers
+from catdog.data.fusion import Source, fuse, fusion_arguments, make_plan
+from catdog.data.fusion.placement import make_folders, write_plan
+from catdog.data.fusion.plan import KEEP_BYTES, default_workers
 
 #: Slow variants, timed in the first round only.
 ONCE = {"fuse copy, zip sources", "fuse rerun (no change)", "fuse copy --verify full"}

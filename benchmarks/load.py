@@ -12,7 +12,7 @@ image / empty / truncated, 404 unknown model, 413 too large, 415 wrong content t
 It reports requests/s, p50/p95/p99 latency (all requests and good ones), the statuses by kind, and checks:
 
 * no unexpected status (a good upload answered anything but 200, a bad one anything but its status);
-* every good answer equals the same image's in-process answer (``catdog.transforms.preprocess`` +
+* every good answer equals the same image's in-process answer (``catdog.data.transforms.preprocess`` +
   onnxruntime on the same ONNX file): same label, probabilities within ``--tolerance``;
 * the server's resident memory (the ``catdog serve`` process and all its children, from ``/proc``, so
   Linux only) grows by less than ``--max-rss-growth-mb`` between the end of the warm-up and the end.
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from _common import start_serve
 
-from catdog.sample_data import breed_style, draw_cat, draw_dog
+from catdog.data.sample_data import breed_style, draw_cat, draw_dog
 from catdog.utils import free_port
 
 HOST = "127.0.0.1"  # loopback only, by design
@@ -297,8 +297,8 @@ def export_models(workdir: Path, image_size: int) -> dict[str, str]:
     """Two small timm networks with random weights (heads included), exported with ``catdog export``'s core."""
     import torch
 
-    from catdog.export import export_onnx
-    from catdog.network import build_network, preprocess_config_for
+    from catdog.export.onnx import export_onnx
+    from catdog.training.network import build_network, preprocess_config_for
 
     paths = {}
     for seed, (name, arch) in enumerate((("first", "test_efficientnet"), ("second", "test_resnet"))):
@@ -333,7 +333,7 @@ def in_process_probabilities(model_path: str, image: tuple[bytes, str]) -> np.nd
     """The answer the server must give: the file's own preprocessing, then onnxruntime, then softmax."""
     import onnxruntime as ort
 
-    from catdog.transforms import PreprocessConfig, preprocess
+    from catdog.data.transforms import PreprocessConfig, preprocess
 
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     config = PreprocessConfig.from_metadata(dict(session.get_modelmeta().custom_metadata_map))

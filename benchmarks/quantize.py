@@ -9,7 +9,7 @@ exports ``tf_efficientnetv2_b2`` at ``--image-size`` with random weights made to
 batch-norm statistics, non-zero head): the throughput and the fp32/int8 agreement mean something, the
 accuracies of an untrained network do not. Give a trained export for accuracy figures.
 
-Each int8 model comes from :func:`catdog.quantize.quantize_onnx` (what ``catdog export --quantize int8``
+Each int8 model comes from :func:`catdog.export.quantize.quantize_onnx` (what ``catdog export --quantize int8``
 runs), which evaluates it and its fp32 source on the test split from saved predictions. Throughput:
 every model gets the same batches of real test images (preprocessed once), the same onnxruntime thread
 count (``--threads``) and ``--warmup`` untimed runs; the models alternate over ``--rounds`` rounds and each
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from catdog.quantize import QuantizeResult, QuantizeSettings, quantize_onnx
+from catdog.data.splits import labelled_images
+from catdog.data.transforms import PreprocessConfig, preprocess
+from catdog.export.quantize import QuantizeResult, QuantizeSettings, quantize_onnx
 from catdog.serving.models import create_session
-from catdog.splits import labelled_images
-from catdog.transforms import PreprocessConfig, preprocess
 
 GOAL_SPEEDUP = 1.8
 GOAL_MAX_LOSS_POINTS = 0.5
@@ -56,10 +56,10 @@ def generated_setup(workdir: Path, image_size: int, model_name: str) -> tuple[Pa
     """A small generated dataset and an as-if-trained export of ``model_name``: (fp32 file, data dir)."""
     import torch
 
-    from catdog.export import as_if_trained, export_onnx
-    from catdog.fusion import fuse
-    from catdog.network import build_network, preprocess_config_for
-    from catdog.sample_data import generate
+    from catdog.data.fusion import fuse
+    from catdog.data.sample_data import generate
+    from catdog.export.onnx import as_if_trained, export_onnx
+    from catdog.training.network import build_network, preprocess_config_for
 
     sources = generate(workdir / "kaggle", cats=96, dogs_per_breed=12, breeds=8, size=image_size + 32, seed=0)
     data_dir = workdir / "dataset"

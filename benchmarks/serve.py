@@ -9,7 +9,7 @@ In one run:
 (a) images/s of the network in torch eager mode and of its ONNX export in onnxruntime, batch 1 and 16
     (same random input, same process, each with its library's default threads);
 (b) in-process vs served, with the same concurrency on both sides: ``clients`` threads each take a JPEG,
-    decode and preprocess it (``catdog.transforms.preprocess``, Pillow releases the GIL) and hand it to
+    decode and preprocess it (``catdog.data.transforms.preprocess``, Pillow releases the GIL) and hand it to
     one inference thread that runs one onnxruntime session with the server's thread count, batching what
     is queued exactly like the server's worker (up to ``--max-batch-size`` within ``--batch-timeout``);
     against ``catdog serve`` on 127.0.0.1 (HTTP process: event loop + decode thread pool; one inference
@@ -46,8 +46,8 @@ import numpy as np
 import requests
 from _common import start_serve
 
-from catdog.sample_data import breed_style, draw_cat, draw_dog
-from catdog.transforms import PreprocessConfig, preprocess
+from catdog.data.sample_data import breed_style, draw_cat, draw_dog
+from catdog.data.transforms import PreprocessConfig, preprocess
 from catdog.utils import file_sha256, free_port
 
 
@@ -231,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from catdog.export import export_onnx
-    from catdog.model import load_classifier
-    from catdog.network import build_network, preprocess_config_for
+    from catdog.export.onnx import export_onnx
+    from catdog.training.module import load_classifier
+    from catdog.training.network import build_network, preprocess_config_for
 
     if args.ckpt:
         classifier = load_classifier(args.ckpt, exportable=True)
@@ -352,7 +352,7 @@ def _int8_vs_fp32(onnx_path: Path, workdir: Path, jpegs: list[bytes], args: argp
     weights are random unless ``--ckpt`` is given, so only the throughput ratio means something here (see
     ``benchmarks/quantize.py`` for accuracy and agreement on real data).
     """
-    from catdog.quantize import QuantizeSettings, quantize_onnx
+    from catdog.export.quantize import QuantizeSettings, quantize_onnx
 
     data = workdir / "int8-data"
     for split in ("train", "test"):

@@ -30,10 +30,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from catdog.fusion import fuse
-from catdog.metrics import RunMetrics, read_metrics
-from catdog.sample_data import generate
-from catdog.train import main as catdog_main
+from catdog.data.fusion import fuse
+from catdog.data.sample_data import generate
+from catdog.evaluation.metrics import RunMetrics, read_metrics
+from catdog.training.cli import main as catdog_main
 
 
 @dataclass(frozen=True)

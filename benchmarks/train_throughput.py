@@ -2,8 +2,8 @@
 
     python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20
 
-Every training runner trains the same network (:func:`catdog.network.build_network`) with the same
-optimizer and schedule (:func:`catdog.optim.build_optimizer`), batch size, thread count and batches (decoded
+Every training runner trains the same network (:func:`catdog.training.network.build_network`) with the same
+optimizer and schedule (:func:`catdog.training.optim.build_optimizer`), batch size, thread count and batches (decoded
 and augmented once by :class:`catdog.data.CatDogDataModule`, then kept in memory, so only the training loop
 differs). The first ``--warmup`` steps are not timed; runners alternate over ``--rounds`` rounds and each
 figure is the median, so that load from other processes hits every runner alike. The data figure is the
@@ -43,13 +43,13 @@ class Bench:
     batches: list[tuple[torch.Tensor, torch.Tensor]]  # warmup + steps batches, in memory
 
     def network(self) -> torch.nn.Module:
-        from catdog.network import build_network
+        from catdog.training.network import build_network
 
         torch.manual_seed(0)
         return build_network(self.model_name)
 
     def optimizer(self, network: torch.nn.Module) -> tuple[torch.optim.Optimizer, object]:
-        from catdog.optim import build_optimizer
+        from catdog.training.optim import build_optimizer
 
         return build_optimizer(network, 1e-3, 0.05, 1.0, 0.01, total_steps=len(self.batches), epochs=1)
 
@@ -71,11 +71,11 @@ def run_plain(bench: Bench) -> float:
 
 
 def run_lightning(bench: Bench) -> float:
-    """``Trainer.fit`` of :class:`catdog.model.CatDogClassifier` (its metrics and logging included)."""
+    """``Trainer.fit`` of :class:`catdog.training.module.CatDogClassifier` (its metrics and logging included)."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from catdog.model import CatDogClassifier
+    from catdog.training.module import CatDogClassifier
 
     class Timer(pl.Callback):
         start = end = 0.0
@@ -110,8 +110,8 @@ def run_poutyne(bench: Bench) -> float:
     """``poutyne.Model.fit_generator`` as ``catdog poutyne`` builds it (accuracy metric, per-step schedule)."""
     import poutyne
 
-    from catdog.poutyne_callbacks import StepScheduler
-    from catdog.poutyne_trainer import ClassifierLoss, make_model
+    from catdog.poutyne.callbacks import StepScheduler
+    from catdog.poutyne.trainer import ClassifierLoss, make_model
 
     class Timer(poutyne.Callback):
         start = end = 0.0
@@ -154,8 +154,8 @@ def data_rate(datamodule: object, batches: int) -> float:
 
 
 def make_dataset(out: Path, image_size: int, images_per_class: int) -> Path:
-    from catdog.fusion import fuse
-    from catdog.sample_data import generate
+    from catdog.data.fusion import fuse
+    from catdog.data.sample_data import generate
 
     breeds = 8
     sources = generate(out / "kaggle", cats=images_per_class + 8, dogs_per_breed=images_per_class // breeds + 2,

@@ -17,17 +17,20 @@ from collections.abc import Callable, Sequence
 from catdog import CatDogError, __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("catdog.sample_data:main", "Generate learnable sample data in both Kaggle layouts."),
-    "fuse": ("catdog.fusion:main", "Fuse Kaggle cats and breed-split dogs into dataset/{train,test}/{cat,dog}."),
-    "fit": ("catdog.train:main", "Train a model (LightningCLI): catdog fit -c scratch"),
-    "validate": ("catdog.train:main", "Validate a checkpoint (LightningCLI)."),
-    "test": ("catdog.train:main", "Test a checkpoint and write metrics.json (LightningCLI)."),
-    "predict": ("catdog.train:main", "Predict with a checkpoint (LightningCLI)."),
-    "poutyne": ("catdog.poutyne_trainer:main", "Train and test with the Poutyne parity trainer."),
-    "export": ("catdog.export:main", "Export checkpoints to self-describing ONNX files."),
+    "sample-data": ("catdog.data.sample_data:main", "Generate learnable sample data in both Kaggle layouts."),
+    "fuse": ("catdog.data.fusion:main", "Fuse Kaggle cats and breed-split dogs into dataset/{train,test}/{cat,dog}."),
+    "fit": ("catdog.training.cli:main", "Train a model (LightningCLI): catdog fit -c scratch"),
+    "validate": ("catdog.training.cli:main", "Validate a checkpoint (LightningCLI)."),
+    "test": ("catdog.training.cli:main", "Test a checkpoint and write metrics.json (LightningCLI)."),
+    "predict": ("catdog.training.cli:main", "Predict with a checkpoint (LightningCLI)."),
+    "poutyne": ("catdog.poutyne.trainer:main", "Train and test with the Poutyne parity trainer."),
+    "export": ("catdog.export.onnx:main", "Export checkpoints to self-describing ONNX files."),
     "serve": ("catdog.serving.cli:main", "Serve ONNX models over HTTP with LitServe."),
-    "report": ("catdog.report:main", "Collect metrics.json files into a results table and plots."),
-    "compare": ("catdog.compare:main", "Run every model of the comparison on one dataset, then the report."),
+    "report": ("catdog.evaluation.report.command:main", "Collect metrics.json files into a results table and plots."),
+    "compare": (
+        "catdog.evaluation.compare.run:main",
+        "Run every model of the comparison on one dataset, then the report.",
+    ),
     "demo": ("catdog.demo:main", "Run the whole pipeline on generated data."),
     "configs": ("catdog.config_files:main", "List the packaged YAML configs (-c NAME), or copy them out: --out DIR."),
 }

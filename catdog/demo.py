@@ -132,7 +132,7 @@ def find_pretrained_weights(explicit: Path | None, model_name: str) -> tuple[Pat
                 "with internet access)"
             )
         return configured.expanduser(), source
-    from catdog.network import hub_cached_weights
+    from catdog.training.network import hub_cached_weights
 
     cached = hub_cached_weights(model_name)
     return (None, "hub cache") if cached else (None, "")
@@ -163,7 +163,7 @@ def make_query_images(dataset: Path, folder: Path, size: int, seed: int) -> dict
     """One new cat and one new dog of a breed kept out of training (from ``dataset/split.json``)."""
     import numpy as np
 
-    from catdog.sample_data import BREED_NAMES, breed_style, draw_cat, draw_dog
+    from catdog.data.sample_data import BREED_NAMES, breed_style, draw_cat, draw_dog
 
     split = json.loads((dataset / "split.json").read_text())
     test_breeds = [b for b in split.get("test_breeds", []) if b in BREED_NAMES]
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run every step; returns 0 when every request was answered."""
-    from catdog.network import DEFAULT_MODEL
+    from catdog.training.network import DEFAULT_MODEL
 
     if args.image_size < 16 or args.epochs < 1 or args.cats < 4 or args.breeds < 2 or args.dogs_per_breed < 2:
         raise CatDogError("catdog demo needs --image-size >= 16, --epochs >= 1, --cats >= 4, --breeds >= 2 "

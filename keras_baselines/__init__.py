@@ -3,7 +3,7 @@
 Run them with ``python -m keras_baselines train --model NAME --data dataset``. This package imports
 neither keras nor torch at import time: the Keras backend (``--backend``, default TensorFlow) is chosen
 from the command line and set in ``KERAS_BACKEND`` before keras is first imported. Each run writes the
-test split's ``predictions.csv`` and ``metrics.json`` computed from it by :mod:`catdog.metrics`, so the
+test split's ``predictions.csv`` and ``metrics.json`` computed from it by :mod:`catdog.evaluation.metrics`, so the
 results table lists them next to the torch runs, scored by the same code.
 """
 
@@ -40,7 +40,7 @@ DEFAULT_BN_RECALIBRATION_BATCHES = 32
 DEFAULT_BN_RECALIBRATION_STEPS = 500
 #: A layer whose re-estimate would rest on fewer values per channel than this (images x height x width over
 #: the batches read) keeps its moving statistics: so few values misdescribe its inference inputs (the torch
-#: trainers' minimum, measured in ``catdog.batchnorm``).
+#: trainers' minimum, measured in ``catdog.training.batchnorm``).
 DEFAULT_BN_MIN_VALUES = 512
 
 

@@ -44,7 +44,7 @@ class SaveModel(keras.callbacks.Callback):
 class BatchNormRecalibration(keras.callbacks.Callback):
     """Before each validation of ``fit``, re-estimate the BatchNorm running statistics on training batches.
 
-    The Keras form of the torch trainers' policy (``catdog.model.recalibrate_batchnorm``, i.e.
+    The Keras form of the torch trainers' policy (``catdog.training.module.recalibrate_batchnorm``, i.e.
     ``torch.optim.swa_utils.update_bn``): on up to ``max_batches`` batches of ``train`` the statistics
     become the exact average of the batch statistics for the current weights (momentum ``1 - 1/k`` on
     batch ``k``), then the layers' momenta are restored. Only while fewer than ``max_steps`` optimizer

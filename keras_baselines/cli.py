@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from catdog import CatDogError
-from catdog.splits import VAL_SPLITS
+from catdog.data.splits import VAL_SPLITS
 from keras_baselines import (
     BACKENDS,
     DEFAULT_BN_MOMENTUM,
@@ -135,7 +135,7 @@ def _number(value: float | None) -> str:
 
 def _report(metrics, run_dir: Path) -> None:
     """Print the summary line, the collapse warning if the predictions show one, and where metrics went."""
-    from catdog.metrics import PREDICTIONS_FILENAME, read_predictions
+    from catdog.evaluation.metrics import PREDICTIONS_FILENAME, read_predictions
 
     print(_summary(metrics))
     warning = read_predictions(run_dir / PREDICTIONS_FILENAME).score().collapse_warning()
@@ -164,7 +164,7 @@ def _plan(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
     Checked before any training: a missing dataset, validation list or ImageNet file should not surface
     after hours. With ``--model all`` a model without its ImageNet weights is skipped, not fatal.
     """
-    from catdog.splits import split_train
+    from catdog.data.splits import split_train
     from keras_baselines.data import check_dataset
     from keras_baselines.models import resolve_imagenet_weights
 

@@ -1,6 +1,6 @@
 """Input pipelines over the fused ``dataset/{train,test}/{cat,dog}`` folders, built from explicit file lists.
 
-The images are chosen by :mod:`catdog.splits`, exactly as the torch trainers choose them: the
+The images are chosen by :mod:`catdog.data.splits`, exactly as the torch trainers choose them: the
 validation files are a file list (``--val-files``) or ``split_train(data, val_fraction, seed)``; the
 test files are every image of ``test/{cat,dog}`` in sorted order. Class order is ``catdog.CLASSES``
 (0 = cat, 1 = dog).
@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from catdog import CLASSES, CatDogError
-from catdog.splits import is_image_name, labelled_images, relative_name, split_train
+from catdog.data.splits import is_image_name, labelled_images, relative_name, split_train
 
 LABEL_MODES = ("categorical", "binary")
 #: Suffixes TensorFlow cannot decode; those images are read with Pillow instead.
@@ -126,7 +126,7 @@ def load_splits(
 ) -> Splits:
     """Training/validation pipelines from ``<data>/train`` and the unshuffled test pipeline.
 
-    ``val_files`` (a file list, :func:`catdog.splits.read_file_list`) names the validation images;
+    ``val_files`` (a file list, :func:`catdog.data.splits.read_file_list`) names the validation images;
     without it they are ``split_train(data, val_fraction, seed, val_split=val_split)``'s. ``label_mode`` is
     ``"categorical"`` (one-hot, for a 2-way softmax) or ``"binary"`` (one sigmoid unit). ``Splits.test_files[i]`` is the
     file of the test pipeline's i-th image.

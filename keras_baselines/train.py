@@ -6,9 +6,9 @@ A run directory (default ``runs/keras/<model>``) holds::
     checkpoints/last.keras   the final completed epoch
     epochs/epoch_NNN.keras   SaveModel, one per epoch (models with SaveModel)
     history.csv              Keras CSVLogger, one row per epoch
-    val_files.txt            the validation images (a catdog.splits file list)
+    val_files.txt            the validation images (a catdog.data.splits file list)
     predictions.csv          test split: file (relative to the dataset root), label, P(dog)
-    metrics.json             computed from predictions.csv by catdog.metrics (framework "keras")
+    metrics.json             computed from predictions.csv by catdog.evaluation.metrics (framework "keras")
     run.json                 what was trained and how (read back by ``evaluate``)
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 import keras
 
 from catdog import CLASSES, CatDogError
-from catdog.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
-from catdog.splits import write_file_list
+from catdog.data.splits import write_file_list
+from catdog.evaluation.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
 from keras_baselines import DEFAULT_BN_MOMENTUM, DEFAULT_BN_RECALIBRATION_BATCHES, DEFAULT_BN_RECALIBRATION_STEPS
 from keras_baselines import data as data_lib
 from keras_baselines.callbacks import BEST_CHECKPOINT, CHECKPOINTS_DIRNAME, make_callbacks

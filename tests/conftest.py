@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from catdog.sample_data import SampleData, generate
+from catdog.data.sample_data import SampleData, generate
 
 if TYPE_CHECKING:
     from serve_helpers import ExportedModel
@@ -35,7 +35,7 @@ def sample_sources(tmp_path_factory: pytest.TempPathFactory) -> SampleData:
 @pytest.fixture(scope="session")
 def fused_dataset(tmp_path_factory: pytest.TempPathFactory, sample_sources: SampleData) -> Path:
     """``dataset/{train,test}/{cat,dog}`` fused from :func:`sample_sources`. Treat it as read-only."""
-    from catdog.fusion import fuse
+    from catdog.data.fusion import fuse
 
     out = tmp_path_factory.mktemp("fused") / "dataset"
     fuse(

@@ -21,8 +21,8 @@ import pytest
 import requests
 from PIL import Image
 
-from catdog.sample_data import breed_style, draw_cat, draw_dog
-from catdog.transforms import PreprocessConfig, eval_transform
+from catdog.data.sample_data import breed_style, draw_cat, draw_dog
+from catdog.data.transforms import PreprocessConfig, eval_transform
 from catdog.utils import free_port
 
 #: How close served probabilities must be to the torch model's.
@@ -59,8 +59,8 @@ def export_models(
     import timm
     import torch
 
-    from catdog.export import export_onnx
-    from catdog.network import preprocess_config_for
+    from catdog.export.onnx import export_onnx
+    from catdog.training.network import preprocess_config_for
 
     result = {}
     for seed, (name, size) in enumerate(sizes.items()):

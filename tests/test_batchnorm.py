@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from catdog import CatDogError
-from catdog.batchnorm import (
+from catdog.training.batchnorm import (
     DEFAULT_BN_MIN_VALUES,
     DEFAULT_BN_MOMENTUM,
     batchnorm_layers,
     recalibrate_batchnorm,
     set_bn_momentum,
 )
-from catdog.network import build_network
+from catdog.training.network import build_network
 
 MODEL = "tf_efficientnetv2_b2"
 
@@ -170,18 +170,18 @@ def test_the_classifier_recalibrates_before_early_validations_only(
     """During fit, each validation before ``bn_recalibration_steps`` steps re-estimates the statistics first."""
     import lightning.pytorch as pl
 
-    import catdog.model
+    import catdog.training.module
     from catdog.data import CatDogDataModule
-    from catdog.model import CatDogClassifier
+    from catdog.training.module import CatDogClassifier
 
     calls: list[tuple[int, int | None, bool]] = []
-    real = catdog.model.recalibrate_batchnorm
+    real = catdog.training.module.recalibrate_batchnorm
 
     def spy(network: nn.Module, batches: object, max_batches: int | None = None, device: object = None) -> int:
         calls.append((trainer.global_step, max_batches, trainer.sanity_checking))
         return real(network, batches, max_batches, device)
 
-    monkeypatch.setattr(catdog.model, "recalibrate_batchnorm", spy)
+    monkeypatch.setattr(catdog.training.module, "recalibrate_batchnorm", spy)
     dm = CatDogDataModule(fused_dataset, image_size=32, batch_size=16, num_workers=0)
     model = CatDogClassifier(image_size=32, bn_recalibration_batches=3, bn_recalibration_steps=4)
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
@@ -196,16 +196,16 @@ def test_collapsed_validation_is_named_in_the_log(caplog: pytest.LogCaptureFixtu
     """All-dog predictions that rank every cat below every dog: the signature of stale statistics."""
     from types import SimpleNamespace
 
-    from catdog.model import CatDogClassifier
+    from catdog.training.module import CatDogClassifier
 
     model = CatDogClassifier(image_size=32)
     model._trainer = SimpleNamespace(sanity_checking=False, current_epoch=0)  # type: ignore[assignment]
     model._val_outputs = [(torch.tensor([0.6, 0.7, 0.8, 0.9, 0.95]), torch.tensor([0, 0, 1, 1, 1]))]
-    with caplog.at_level("WARNING", logger="catdog.model"):
+    with caplog.at_level("WARNING", logger="catdog.training.module"):
         model.on_validation_epoch_end()
     assert "majority-class share 0.600" in caplog.text and "AUROC is 1.000" in caplog.text
     caplog.clear()
     model._val_outputs = [(torch.tensor([0.1, 0.2, 0.8, 0.9, 0.95]), torch.tensor([0, 0, 1, 1, 1]))]
-    with caplog.at_level("WARNING", logger="catdog.model"):
+    with caplog.at_level("WARNING", logger="catdog.training.module"):
         model.on_validation_epoch_end()
     assert caplog.text == ""

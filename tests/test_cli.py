@@ -45,7 +45,7 @@ def test_data_commands_import_no_torch(tmp_path) -> None:
     code = (
         "import sys; from catdog.cli import main; "
         f"main(['sample-data', '--out', {str(tmp_path)!r}, '--cats', '4', '--breeds', '2', '--dogs-per-breed', '2']); "
-        "import catdog.fusion; "
+        "import catdog.data.fusion; "
         "print('torch' in sys.modules, 'lightning' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -20,10 +20,10 @@ import yaml
 
 from catdog import CatDogError
 from catdog.cli import main as catdog
-from catdog.compare_plan import load_config
-from catdog.metrics import read_metrics, read_predictions
-from catdog.report_data import read_record
-from catdog.splits import read_file_list, split_train
+from catdog.data.splits import read_file_list, split_train
+from catdog.evaluation.compare.plan import load_config
+from catdog.evaluation.metrics import read_metrics, read_predictions
+from catdog.evaluation.report.collect import read_record
 
 pytestmark = [
     pytest.mark.slow,
@@ -236,7 +236,7 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     ],
 )
 def test_progress_reads_the_epoch_from_the_log(tmp_path: Path, trainer: str, log: str, expected: str | None) -> None:
-    from catdog.compare import _current_epoch
+    from catdog.evaluation.compare.run import _current_epoch
 
     path = tmp_path / "run.log"
     path.write_text(log)
@@ -244,8 +244,8 @@ def test_progress_reads_the_epoch_from_the_log(tmp_path: Path, trainer: str, log
 
 
 def test_progress_counts_keras_history_rows_and_lightning_checkpoint_saves(tmp_path: Path) -> None:
-    from catdog.compare import EpochWatch
-    from catdog.compare_plan import PlannedRun, Recipe, RunSpec
+    from catdog.evaluation.compare.plan import PlannedRun, Recipe, RunSpec
+    from catdog.evaluation.compare.run import EpochWatch
 
     log = tmp_path / "run.log"
     log.write_text("")
@@ -267,7 +267,7 @@ def test_progress_counts_keras_history_rows_and_lightning_checkpoint_saves(tmp_p
 
 
 def test_a_failed_rerun_leaves_no_stale_results(small_dataset: Path, tmp_path: Path) -> None:
-    from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
+    from catdog.evaluation.metrics import run_metrics_from_predictions, write_metrics, write_predictions
 
     broken = {"name": "keras-broken", "trainer": "keras", "model": "custom_cnn", "args": ["--no-such-flag"]}
     config = _write_config(tmp_path, {"torch": None, "keras": None}, [broken])
@@ -286,7 +286,7 @@ def test_a_failed_rerun_leaves_no_stale_results(small_dataset: Path, tmp_path: P
 
 def test_compare_imports_neither_tensorflow_nor_torch() -> None:
     script = (
-        "import sys; import catdog.compare, catdog.report_sections; "
+        "import sys; import catdog.evaluation.compare.run, catdog.evaluation.report.sections; "
         "heavy = [m for m in ('tensorflow', 'keras', 'torch', 'lightning') if m in sys.modules]; "
         "sys.exit(f'imported {heavy}' if heavy else 0)"
     )

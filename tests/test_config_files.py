@@ -99,7 +99,7 @@ def test_poutyne_reads_packaged_configs_by_name(elsewhere: Path, capsys: pytest.
 
 
 def test_compare_defaults_to_the_packaged_config(elsewhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from catdog.compare_plan import default_config, load_config
+    from catdog.evaluation.compare.plan import default_config, load_config
 
     assert default_config() == packaged_config_dir() / "compare.yaml"
     config = load_config("compare")
@@ -149,7 +149,7 @@ def test_catdog_configs_copies_them_out_and_refuses_to_overwrite(
     assert catdog(["configs", "--out", "a-file"]) == 2
     assert "--out a-file: exists and is not a folder" in capsys.readouterr().err
     # The copied compare.yaml reads the copied configs.
-    from catdog.compare_plan import load_config
+    from catdog.evaluation.compare.plan import load_config
 
     assert load_config(out / "compare.yaml").configs["poutyne"] == out / "poutyne.yaml"
 

@@ -394,7 +394,10 @@ def test_base_install_generates_data_and_names_the_serve_extra(tmp_path: Path) -
     )
     assert made.returncode == 0, made.stdout + made.stderr
     assert len(list(out.rglob("cat.*.jpg"))) == 4
-    probe = "import catdog.transforms, catdog.metrics, catdog.splits, catdog.utils, sys; print(sorted(sys.modules))"
+    probe = (
+        "import catdog.data.transforms, catdog.evaluation.metrics, catdog.data.splits, catdog.utils, sys;"
+        " print(sorted(sys.modules))"
+    )
     loaded = subprocess.run(
         [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
         capture_output=True,

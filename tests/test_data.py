@@ -12,9 +12,9 @@ from PIL import Image
 
 from catdog import CLASSES, CatDogError
 from catdog.data import CatDogDataModule, EpochSampler
-from catdog.network import preprocess_config_for
-from catdog.splits import relative_name, split_train, stratified_split, write_file_list
-from catdog.transforms import ImageDecodeError, preprocess
+from catdog.data.splits import relative_name, split_train, stratified_split, write_file_list
+from catdog.data.transforms import ImageDecodeError, preprocess
+from catdog.training.network import preprocess_config_for
 
 SIZE = 32
 
@@ -119,7 +119,7 @@ def test_a_train_split_of_k_batches_plus_one_image_trains(fused_dataset: Path, t
     """17 training images at batch 8: without drop_last the last batch of one breaks train-mode BatchNorm."""
     import lightning.pytorch as pl
 
-    from catdog.model import CatDogClassifier
+    from catdog.training.module import CatDogClassifier
 
     data = _small_copy(fused_dataset, tmp_path / "dataset", per_class=10)
     names = sorted(p.relative_to(data).as_posix() for p in (data / "train").rglob("*.jpg"))

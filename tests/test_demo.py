@@ -14,7 +14,7 @@ from PIL import Image
 from catdog import DISPLAY_NAMES, CatDogError
 from catdog.cli import main as catdog
 from catdog.demo import MARKER, PRETRAINED_ENV, Server, find_pretrained_weights, plan_models, prepare_workdir
-from catdog.metrics import read_metrics
+from catdog.evaluation.metrics import read_metrics
 
 MODEL = "tf_efficientnetv2_b2"
 
@@ -24,7 +24,7 @@ def _onnx_answer(model: Path, image: Path) -> list[float]:
     import numpy as np
     import onnxruntime as ort
 
-    from catdog.transforms import PreprocessConfig, preprocess
+    from catdog.data.transforms import PreprocessConfig, preprocess
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     config = PreprocessConfig.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
@@ -42,7 +42,7 @@ def test_demo_runs_the_whole_pipeline(
     # weights file: the pretrained model is skipped (its planning is tested below; training it from a file is
     # covered by the compare and training tests).
     monkeypatch.delenv(PRETRAINED_ENV, raising=False)
-    monkeypatch.setattr("catdog.network.hub_cached_weights", lambda name: None)
+    monkeypatch.setattr("catdog.training.network.hub_cached_weights", lambda name: None)
     workdir = tmp_path / "demo-run"
     assert catdog(["demo", "--workdir", str(workdir), "--image-size", "32", "--epochs", "3"]) == 0
     out = capsys.readouterr().out
@@ -108,11 +108,11 @@ def test_demo_runs_the_whole_pipeline(
 def test_without_weights_the_pretrained_model_is_skipped_with_a_clear_note(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    import catdog.network
+    import catdog.training.network
 
     monkeypatch.delenv(PRETRAINED_ENV, raising=False)
     # This machine has no timm/HF cache of the weights; make that explicit whatever the machine.
-    monkeypatch.setattr(catdog.network, "hub_cached_weights", lambda name: None)
+    monkeypatch.setattr(catdog.training.network, "hub_cached_weights", lambda name: None)
     weights, source = find_pretrained_weights(None, MODEL)
     assert (weights, source) == (None, "")
     models = plan_models(Path("configs"), weights, source, MODEL)

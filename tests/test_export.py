@@ -14,8 +14,8 @@ from PIL import Image
 from train_helpers import save_checkpoint
 
 from catdog import CatDogError, cli
-from catdog.export import as_if_trained
-from catdog.transforms import PreprocessConfig
+from catdog.data.transforms import PreprocessConfig
+from catdog.export.onnx import as_if_trained
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -29,7 +29,7 @@ IMAGE_SIZE = 40
 
 def _save_checkpoint(path: Path, seed: int) -> None:
     """A real Lightning checkpoint of a :class:`CatDogClassifier` with non-trivial batch-norm statistics."""
-    from catdog.model import CatDogClassifier
+    from catdog.training.module import CatDogClassifier
 
     torch.manual_seed(seed)
     model = CatDogClassifier(model_name=SMALL_MODEL, image_size=IMAGE_SIZE)
@@ -54,7 +54,7 @@ def _sha256(path: Path) -> str:
 
 
 def _torch_logits(ckpt: Path, images: np.ndarray) -> np.ndarray:
-    from catdog.model import load_classifier
+    from catdog.training.module import load_classifier
 
     classifier = load_classifier(ckpt)  # the training layers (not exportable): export must still match them
     with torch.inference_mode():
@@ -62,7 +62,7 @@ def _torch_logits(ckpt: Path, images: np.ndarray) -> np.ndarray:
 
 
 def test_export_writes_one_verified_self_describing_file(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    from catdog.model import load_classifier
+    from catdog.training.module import load_classifier
 
     ckpt = checkpoints["pretrained"]
     out = tmp_path / "models" / "pretrained.onnx"
@@ -110,8 +110,8 @@ def test_export_several_checkpoints_in_one_call(checkpoints: dict[str, Path], tm
 
 def test_default_architecture_at_224_px_matches_the_training_network(tmp_path: Path) -> None:
     """tf_efficientnetv2_b2 at its real size: the exported file against the training (not exportable) layers."""
-    from catdog.export import export_onnx, read_onnx_metadata
-    from catdog.network import build_network, preprocess_config_for
+    from catdog.export.onnx import export_onnx, read_onnx_metadata
+    from catdog.training.network import build_network, preprocess_config_for
 
     torch.manual_seed(0)
     training = build_network("tf_efficientnetv2_b2").eval()  # dynamic 'SAME' padding, as trained
@@ -149,8 +149,8 @@ def test_a_client_using_timm_gets_the_server_probabilities(checkpoints: dict[str
     """timm's create_transform from the metadata alone, through onnxruntime: the same P(dog) as the server's path."""
     from timm.data import create_transform
 
+    from catdog.data.transforms import preprocess
     from catdog.serving.models import load_model_info, softmax
-    from catdog.transforms import preprocess
 
     out = tmp_path / "model.onnx"
     assert cli.main(["export", "--ckpt", str(checkpoints["pretrained"]), "--out", str(out)]) == 0
@@ -186,8 +186,8 @@ def _doc_snippet() -> str:
 
 
 def test_the_documented_client_snippet_reproduces_the_server(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from catdog.data.transforms import preprocess
     from catdog.serving.models import load_model_info, softmax
-    from catdog.transforms import preprocess
 
     out = tmp_path / "model.onnx"
     assert cli.main(["export", "--ckpt", str(checkpoints["scratch"]), "--out", str(out)]) == 0
@@ -218,7 +218,7 @@ class _Noisy(torch.nn.Module):
 
 
 def test_export_fails_loudly_when_onnxruntime_disagrees(tmp_path: Path) -> None:
-    from catdog.export import ExportError, export_onnx
+    from catdog.export.onnx import ExportError, export_onnx
 
     out = tmp_path / "noisy.onnx"
     out.write_bytes(b"previous export")
@@ -243,17 +243,17 @@ class _Shifted(torch.nn.Module):
 
 
 def test_an_export_fault_is_told_apart_from_rounding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import catdog.export
-    from catdog.export import ExportError, export_onnx
+    import catdog.export.onnx
+    from catdog.export.onnx import ExportError, export_onnx
 
     network = _Shifted()
-    real_verify = catdog.export.verify_onnx
+    real_verify = catdog.export.onnx.verify_onnx
 
     def verify_after_a_change(*args: object, **kwargs: object) -> float:
         network.shift = 0.01  # torch now answers differently from the file written before
         return real_verify(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(catdog.export, "verify_onnx", verify_after_a_change)
+    monkeypatch.setattr(catdog.export.onnx, "verify_onnx", verify_after_a_change)
     with pytest.raises(ExportError, match="the exported graph computes something else"):
         export_onnx(network, PreprocessConfig(image_size=16), tmp_path / "shifted.onnx", "shifted")
 
@@ -261,10 +261,10 @@ def test_an_export_fault_is_told_apart_from_rounding(tmp_path: Path, monkeypatch
 def _ill_conditioned_network() -> torch.nn.Module:
     """tf_efficientnetv2_b2 from scratch whose BatchNorm layers were all re-estimated from 16 generated images
     at 32 px (16 values per channel at its 1x1 last stage), as the former policy did; exportable layers."""
-    from catdog.batchnorm import recalibrate_batchnorm
-    from catdog.network import build_network
-    from catdog.sample_data import breed_style, draw_cat, draw_dog
-    from catdog.transforms import eval_transform
+    from catdog.data.sample_data import breed_style, draw_cat, draw_dog
+    from catdog.data.transforms import eval_transform
+    from catdog.training.batchnorm import recalibrate_batchnorm
+    from catdog.training.network import build_network
 
     rng = np.random.default_rng(0)
     config = PreprocessConfig(image_size=32)
@@ -280,7 +280,7 @@ def _ill_conditioned_network() -> torch.nn.Module:
 
 def test_an_ill_conditioned_network_is_refused_with_the_reason(tmp_path: Path) -> None:
     """Float32 torch itself is far from float64 torch: the message says so, where, and which statistics misfit."""
-    from catdog.export import ExportError, export_onnx
+    from catdog.export.onnx import ExportError, export_onnx
 
     with pytest.raises(ExportError) as raised:
         export_onnx(_ill_conditioned_network(), PreprocessConfig(image_size=32), tmp_path / "m.onnx", "m")
@@ -301,8 +301,8 @@ def test_the_demo_fit_on_its_smallest_data_exports(tmp_path: Path) -> None:
     """
     from train_helpers import fit_options, fused_sample
 
-    from catdog.model import load_classifier
-    from catdog.transforms import preprocess
+    from catdog.data.transforms import preprocess
+    from catdog.training.module import load_classifier
 
     data = fused_sample(tmp_path, cats=24, dogs_per_breed=4, breeds=3, size=32, seed=0, cat_train=17, cat_test=7)
     run = tmp_path / "runs" / "scratch"
@@ -325,7 +325,7 @@ def test_the_demo_fit_on_its_smallest_data_exports(tmp_path: Path) -> None:
 def test_command_line_mistakes_are_clear_errors(
     checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from catdog.export import parse_ckpt_spec, plan_exports
+    from catdog.export.onnx import parse_ckpt_spec, plan_exports
 
     assert cli.main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "missing.ckpt: file not found" in capsys.readouterr().err
@@ -345,7 +345,7 @@ def test_command_line_mistakes_are_clear_errors(
     with pytest.raises(CatDogError, match="'my model' is not a valid model name"):
         plan_exports(["runs/my model/checkpoints/best.ckpt"], None, str(tmp_path))
     with pytest.raises(CatDogError, match=r"\.onnx"):
-        from catdog.export import export_onnx
+        from catdog.export.onnx import export_onnx
 
         export_onnx(_Noisy(), PreprocessConfig(image_size=16), tmp_path / "model.bin", "noisy")
 

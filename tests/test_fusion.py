@@ -13,9 +13,9 @@ import pytest
 
 from catdog import CatDogError
 from catdog.cli import main as catdog
-from catdog.fusion import Source, fuse, fusion_arguments, make_plan
-from catdog.fusion.sources import read_file
-from catdog.sample_data import generate
+from catdog.data.fusion import Source, fuse, fusion_arguments, make_plan
+from catdog.data.fusion.sources import read_file
+from catdog.data.sample_data import generate
 
 SMALL = dict(cats=30, dogs_per_breed=5, breeds=5, size=48, seed=3)
 

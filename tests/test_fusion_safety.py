@@ -15,9 +15,9 @@ from PIL import Image
 
 from catdog import CatDogError
 from catdog.cli import main as catdog
-from catdog.fusion import check_image, command, fuse, placement
-from catdog.fusion.sources import jpeg_structure_problem
-from catdog.sample_data import generate
+from catdog.data.fusion import check_image, command, fuse, placement
+from catdog.data.fusion.sources import jpeg_structure_problem
+from catdog.data.sample_data import generate
 
 SMALL = dict(cats=30, dogs_per_breed=5, breeds=5, size=48, seed=3)
 KWARGS = dict(cat_train=20, cat_test=8, seed=2, progress=False)

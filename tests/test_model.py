@@ -9,9 +9,9 @@ import timm
 import torch
 
 from catdog import CatDogError
-from catdog.batchnorm import batchnorm_layers
-from catdog.model import CatDogClassifier, load_classifier
-from catdog.network import build_network, count_parameters, preprocess_config_for
+from catdog.training.batchnorm import batchnorm_layers
+from catdog.training.module import CatDogClassifier, load_classifier
+from catdog.training.network import build_network, count_parameters, preprocess_config_for
 
 MODEL = "tf_efficientnetv2_b2"
 

@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from catdog.model import CatDogClassifier
-from catdog.network import build_network
-from catdog.optim import build_optimizer
+from catdog.training.module import CatDogClassifier
+from catdog.training.network import build_network
+from catdog.training.optim import build_optimizer
 
 
 def closed_form(step: int, lr: float, warmup: int, total: int, min_lr_ratio: float) -> float:

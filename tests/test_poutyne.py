@@ -17,11 +17,11 @@ import torchmetrics
 from train_helpers import CSV_ONLY, POUTYNE, PRETRAINED, SCRATCH, logged
 
 from catdog.cli import main
-from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
-from catdog.network import build_network
-from catdog.poutyne_callbacks import SaveModel, upload_file
-from catdog.poutyne_config import build_parser, early_stopping_settings, plan_run
-from catdog.poutyne_trainer import PoutyneRun, prepare, train_poutyne
+from catdog.evaluation.metrics import read_metrics, read_predictions, run_metrics_from_predictions
+from catdog.poutyne.callbacks import SaveModel, upload_file
+from catdog.poutyne.config import build_parser, early_stopping_settings, plan_run
+from catdog.poutyne.trainer import PoutyneRun, prepare, train_poutyne
+from catdog.training.network import build_network
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -133,8 +133,8 @@ def test_metrics_json_is_the_recomputation_from_predictions(wrecked_run) -> None
 
 def test_each_prediction_belongs_to_its_image(wrecked_run, fused_dataset: Path) -> None:  # noqa: ANN001
     """Every row's P(dog) is the best checkpoint's answer for the image the row names (read afresh)."""
-    from catdog.network import preprocess_config_for
-    from catdog.transforms import eval_transform, open_image
+    from catdog.data.transforms import eval_transform, open_image
+    from catdog.training.network import preprocess_config_for
 
     run, _ = wrecked_run
     rows = read_predictions(run.predictions_path)
@@ -181,8 +181,8 @@ def test_cli_writes_every_output(fused_dataset: Path, tmp_path: Path) -> None:
 def test_the_configs_of_catdog_fit_are_read_alike(fused_dataset: Path, weights_file: Path) -> None:
     """`catdog poutyne` parses data:/model: as LightningCLI does, overrides included; patience from the config."""
     from catdog.data import CatDogDataModule
-    from catdog.model import CatDogClassifier
-    from catdog.train import CatDogCLI
+    from catdog.training.cli import CatDogCLI
+    from catdog.training.module import CatDogClassifier
 
     overrides = ["--model.lr", "0.0123", "--trainer.max_epochs", "1", "--model.pretrained_file", str(weights_file)]
     for config, patience in (((SCRATCH,), 8), ((SCRATCH, PRETRAINED), 4)):
@@ -270,8 +270,8 @@ def test_bad_arguments_are_reported(fused_dataset: Path, tmp_path: Path, capsys:
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`", "ignore:LightningCLI's args parameter")
 def test_first_batch_and_losses_match_lightning(fused_dataset: Path, weights_file: Path, tmp_path: Path) -> None:
     from catdog.data import CatDogDataModule
-    from catdog.model import CatDogClassifier
-    from catdog.train import CatDogCLI
+    from catdog.training.cli import CatDogCLI
+    from catdog.training.module import CatDogClassifier
 
     args = shared(fused_dataset, "--model.pretrained_file", str(weights_file))
     cli = CatDogCLI(CatDogClassifier, CatDogDataModule, args=args, run=False, seed_everything_default=42)
@@ -337,8 +337,8 @@ def test_three_epochs_match_lightning(fused_dataset: Path, weights_file: Path, t
 @pytest.fixture(scope="module")
 def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The data of `catdog demo`: `catdog sample-data` defaults fused with 144 training and 56 test cats."""
-    from catdog.fusion import fuse
-    from catdog.sample_data import generate
+    from catdog.data.fusion import fuse
+    from catdog.data.sample_data import generate
 
     root = tmp_path_factory.mktemp("demo-data")
     sources = generate(root / "kaggle")
@@ -372,7 +372,7 @@ def test_a_short_run_learns_both_classes(demo_dataset: Path, tmp_path: Path) -> 
 
 def test_batch_limits_read_as_lightning_reads_them() -> None:
     from catdog import CatDogError
-    from catdog.poutyne_config import batch_limit, limit_batches
+    from catdog.poutyne.config import batch_limit, limit_batches
 
     assert batch_limit(1.0, "x") is None and batch_limit(None, "x") is None
     assert limit_batches(9, batch_limit(4, "x")) == 4 and limit_batches(3, batch_limit(4, "x")) == 3

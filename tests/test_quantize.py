@@ -12,8 +12,8 @@ import pytest
 from train_helpers import save_checkpoint
 
 from catdog import CatDogError, cli
-from catdog.splits import labelled_images, relative_name
-from catdog.transforms import preprocess
+from catdog.data.splits import labelled_images, relative_name
+from catdog.data.transforms import preprocess
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -28,8 +28,8 @@ CALIBRATION = 24
 
 def _save_checkpoint(path: Path) -> None:
     """A Lightning checkpoint with non-trivial batch-norm statistics and a small non-zero head."""
-    from catdog.export import as_if_trained
-    from catdog.model import CatDogClassifier
+    from catdog.export.onnx import as_if_trained
+    from catdog.training.module import CatDogClassifier
 
     torch.manual_seed(0)
     model = CatDogClassifier(model_name=SMALL_MODEL, image_size=IMAGE_SIZE)
@@ -94,7 +94,7 @@ def test_int8_file_beside_the_fp32_one_with_its_metadata(exported: dict) -> None
 
 def test_recorded_figures_equal_an_independent_evaluation(exported: dict, fused_dataset: Path) -> None:
     """Accuracies and agreement in the metadata, the printed line and predictions.csv, recomputed from scratch."""
-    from catdog.metrics import read_predictions
+    from catdog.evaluation.metrics import read_predictions
 
     files, labels = labelled_images(fused_dataset / "test")
     labels = np.asarray(labels)
@@ -126,13 +126,13 @@ def test_recorded_figures_equal_an_independent_evaluation(exported: dict, fused_
 
 
 def _config(model: Path):
-    from catdog.transforms import PreprocessConfig
+    from catdog.data.transforms import PreprocessConfig
 
     return PreprocessConfig.from_metadata(_meta(model))
 
 
 def test_the_server_serves_the_int8_model_like_any_other(exported: dict, fused_dataset: Path) -> None:
-    from catdog.metrics import read_predictions
+    from catdog.evaluation.metrics import read_predictions
     from catdog.serving.models import create_session, load_model_info, softmax
 
     served = load_model_info("small-int8", exported["int8"])
@@ -146,7 +146,7 @@ def test_the_server_serves_the_int8_model_like_any_other(exported: dict, fused_d
 
 
 def test_calibration_images_come_from_the_train_split_class_balanced(fused_dataset: Path) -> None:
-    from catdog.quantize import calibration_files
+    from catdog.export.quantize import calibration_files
 
     train, train_labels = labelled_images(fused_dataset / "train")
     label_of = dict(zip(train, train_labels, strict=True))
@@ -162,7 +162,7 @@ def test_calibration_images_come_from_the_train_split_class_balanced(fused_datas
 def test_quantize_mistakes_are_clear_errors(
     exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], fused_dataset: Path
 ) -> None:
-    from catdog.quantize import QuantizeSettings, quantize_onnx
+    from catdog.export.quantize import QuantizeSettings, quantize_onnx
 
     argv = ["export", "--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "x.onnx"), "--quantize", "int8"]
     assert cli.main(argv) == 2
@@ -178,7 +178,7 @@ def test_quantize_mistakes_are_clear_errors(
 
 
 def test_export_warns_when_int8_loses_more_than_half_a_point(tmp_path: Path) -> None:
-    from catdog.quantize import MAX_ACCURACY_LOSS_POINTS, QuantizeResult, summary
+    from catdog.export.quantize import MAX_ACCURACY_LOSS_POINTS, QuantizeResult, summary
 
     def result(fp32: float, int8: float) -> QuantizeResult:
         return QuantizeResult(tmp_path / "m.int8.onnx", 1, fp32, int8, 0.9, 200, 0.3, tmp_path / "m.int8-eval")

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from catdog.cli import main as catdog
-from catdog.metrics import (
+from catdog.data.splits import labelled_images, relative_name
+from catdog.evaluation.metrics import (
     Predictions,
     RunMetrics,
     read_predictions,
@@ -22,9 +23,14 @@ from catdog.metrics import (
     write_metrics,
     write_predictions,
 )
-from catdog.report import COLUMNS
-from catdog.report_data import ComparisonRecord, RunRecord, breed_table, breeds_of_test_dogs, worst_mistakes
-from catdog.splits import labelled_images, relative_name
+from catdog.evaluation.report.collect import (
+    ComparisonRecord,
+    RunRecord,
+    breed_table,
+    breeds_of_test_dogs,
+    worst_mistakes,
+)
+from catdog.evaluation.report.command import COLUMNS
 
 #: Runs as the three trainers write them: name (folder under runs/) -> metrics.
 RUNS = {
@@ -330,7 +336,7 @@ def test_breeds_heatmap_title_and_axes_lie_inside_the_figure_apart(run_count: in
     """One run makes a narrow figure: its title must still fit, above the heatmap and its colour bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from catdog.report_plots import BREEDS_TITLE, breeds_figure
+    from catdog.evaluation.report.plots import BREEDS_TITLE, breeds_figure
 
     names = ["american_staffordshire_terrier", "greater_swiss_mountain_dog", "german_short-haired_pointer", "pug"]
     breeds = {f"train/dog/{index}.jpg": names[index % len(names)] for index in range(24)}

@@ -20,8 +20,8 @@ from train_helpers import fit_options, fused_sample, logged
 
 from catdog.cli import main
 from catdog.data import CatDogDataModule
-from catdog.model import CatDogClassifier
-from catdog.train import CatDogCLI
+from catdog.training.cli import CatDogCLI
+from catdog.training.module import CatDogClassifier
 
 MODEL = "test_efficientnet"  # BatchNorm and dropout like the real network, ~0.1M parameters
 #: A learning rate that does not depend on max_epochs (no warm-up, no decay).

@@ -14,7 +14,7 @@ from PIL import Image
 
 from catdog import CatDogError
 from catdog.cli import main as catdog
-from catdog.sample_data import generate
+from catdog.data.sample_data import generate
 
 
 def _digest(root: Path) -> str:

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 from train_helpers import fit_options, fused_sample
 
 from catdog.data import CatDogDataModule
-from catdog.metrics import Scores, score
-from catdog.model import load_classifier
-from catdog.splits import read_file_list
-from catdog.train import main
+from catdog.data.splits import read_file_list
+from catdog.evaluation.metrics import Scores, score
+from catdog.training.cli import main
+from catdog.training.module import load_classifier
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from catdog import CatDogError
-from catdog.splits import read_file_list, relative_name, split_train, stratified_split, write_file_list
+from catdog.data.splits import read_file_list, relative_name, split_train, stratified_split, write_file_list
 
 
 def _dataset(root: Path, cats: int = 11, dogs: int = 17) -> Path:

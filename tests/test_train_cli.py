@@ -20,10 +20,10 @@ from train_helpers import CSV_ONLY, PRETRAINED, ROOT, SCRATCH, fit_options, fuse
 from catdog import CLASSES
 from catdog.cli import main
 from catdog.data import CatDogDataModule
-from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
-from catdog.model import CatDogClassifier, load_classifier
-from catdog.train import CatDogCLI
-from catdog.transforms import preprocess
+from catdog.data.transforms import preprocess
+from catdog.evaluation.metrics import read_metrics, read_predictions, run_metrics_from_predictions
+from catdog.training.cli import CatDogCLI
+from catdog.training.module import CatDogClassifier, load_classifier
 
 DDP = str(ROOT / "configs" / "trainer" / "ddp.yaml")
 
@@ -63,7 +63,7 @@ def test_fit_writes_best_and_last_checkpoints_and_logs(fitted_run: Path) -> None
 
 
 def test_fit_records_the_validation_files_of_the_shared_split(fitted_run: Path, fused_dataset: Path) -> None:
-    from catdog.splits import read_file_list, split_train
+    from catdog.data.splits import read_file_list, split_train
 
     recorded = read_file_list(fitted_run / "val_files.txt", fused_dataset)
     assert recorded == sorted(split_train(fused_dataset, 0.15, 42).val_names(fused_dataset))
@@ -277,7 +277,7 @@ def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize("model_name", ["tf_efficientnetv2_b2", "test_efficientnet"])
 def test_the_data_module_normalises_as_the_built_model(fused_dataset: Path, tmp_path: Path, model_name: str) -> None:
     """The data module's preprocessing is linked from the instantiated model (timm data config, image size)."""
-    from catdog.network import preprocess_config_for
+    from catdog.training.network import preprocess_config_for
 
     cli = _cli(tiny(fused_dataset, tmp_path / "run", "--model.model_name", model_name))
     expected = preprocess_config_for(model_name, 32)

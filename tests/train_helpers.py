@@ -24,8 +24,8 @@ def fused_sample(root: Path, *, cat_train: int, cat_test: int, split_seed: int =
     ``cat_train`` and ``cat_test`` cats (and the dogs of the breeds that fall to each side) under the split
     seed ``split_seed``; returns the dataset folder.
     """
-    from catdog.fusion import fuse
-    from catdog.sample_data import generate
+    from catdog.data.fusion import fuse
+    from catdog.data.sample_data import generate
 
     sources = generate(root / "kaggle", **sample)
     fuse(

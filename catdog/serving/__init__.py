@@ -31,7 +31,7 @@ Modules, in the order a request meets them:
 Each upload is read, size-checked, decoded (EXIF orientation, first frame, any mode to RGB) and resized
 on its own in the HTTP process, before it is queued; only valid images reach the batching inference
 worker, so one bad upload never fails the good ones batched with it. The worker normalises (the same
-:func:`catdog.transforms.eval_transform` as training's eval, split in two), batches, runs onnxruntime
+:func:`catdog.data.transforms.eval_transform` as training's eval, split in two), batches, runs onnxruntime
 and answers each request. The preprocessing is read from the ONNX file's metadata.
 
 SIGTERM and SIGINT stop the server and all its worker processes within a few seconds (it may run as

@@ -9,9 +9,9 @@ import numpy as np
 from fastapi import Depends
 from litserve.loops.simple_loops import BatchedLoop, SingleLoop
 
+from catdog.data.transforms import normalize
 from catdog.serving.http import read_image
 from catdog.serving.models import ServedModel, create_session, softmax
-from catdog.transforms import normalize
 
 logger = logging.getLogger("catdog.serve")
 

@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from catdog.data.transforms import ImageDecodeError, ImageTooLargeError, PreprocessConfig, open_image, resize_and_crop
 from catdog.serving.models import ServedModel
-from catdog.transforms import ImageDecodeError, ImageTooLargeError, PreprocessConfig, open_image, resize_and_crop
 
 logger = logging.getLogger("catdog.serve")
 

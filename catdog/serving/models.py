@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from catdog import DISPLAY_NAMES, CatDogError
-from catdog.transforms import PreprocessConfig
+from catdog.data.transforms import PreprocessConfig
 from catdog.utils import MODEL_NAME_RULE, is_valid_model_name
 
 #: The ONNX metadata keys ``catdog export`` writes and the server reads.

@@ -136,8 +136,8 @@ def export_small_models(models_dir: Path, models: Sequence[tuple[str, str]] = SM
     """Export untrained small networks as ``models_dir/<name>.onnx`` with ``catdog export``'s core."""
     import torch
 
-    from catdog.export import export_onnx
-    from catdog.network import build_network, preprocess_config_for
+    from catdog.export.onnx import export_onnx
+    from catdog.training.network import build_network, preprocess_config_for
 
     models_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -158,7 +158,7 @@ def sample_images() -> dict[str, bytes]:
     """A JPEG cat, a PNG dog and three bad uploads (text, empty, a truncated JPEG)."""
     import numpy as np
 
-    from catdog.sample_data import breed_style, draw_cat, draw_dog
+    from catdog.data.sample_data import breed_style, draw_cat, draw_dog
 
     rng = np.random.default_rng(7)
     jpeg, png = io.BytesIO(), io.BytesIO()
@@ -178,7 +178,7 @@ def expected_probabilities(model_path: Path, image: bytes) -> list[float]:
     import numpy as np
     import onnxruntime as ort
 
-    from catdog.transforms import PreprocessConfig, preprocess
+    from catdog.data.transforms import PreprocessConfig, preprocess
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     config = PreprocessConfig.from_metadata(dict(session.get_modelmeta().custom_metadata_map))

@@ -6,10 +6,10 @@
 * :class:`StepScheduler` steps a torch LR scheduler after every optimizer step (Lightning's
   ``interval: step``).
 * :class:`FreezeBackbone` trains only the classifier head during the first epochs (as
-  :class:`catdog.model.CatDogClassifier`).
+  :class:`catdog.training.module.CatDogClassifier`).
 * :class:`RecalibrateBatchNorm` re-estimates the BatchNorm statistics before early validations (as
-  :class:`catdog.model.CatDogClassifier`).
-* :class:`EpochSeeds` reseeds every epoch from (run seed, epoch), with :class:`catdog.callbacks.EpochSeeds`.
+  :class:`catdog.training.module.CatDogClassifier`).
+* :class:`EpochSeeds` reseeds every epoch from (run seed, epoch), with :class:`catdog.training.callbacks.EpochSeeds`.
 * :class:`LightningIterationOrder` makes the loaders' iterators when Lightning's loops do.
 """
 
@@ -143,7 +143,7 @@ class FreezeBackbone(Callback):
         self.epochs = epochs
 
     def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
-        from catdog.network import set_backbone_trainable
+        from catdog.training.network import set_backbone_trainable
 
         set_backbone_trainable(self.model.network, trainable=epoch_number > self.epochs)
 
@@ -152,7 +152,8 @@ class RecalibrateBatchNorm(Callback):
     """Before each validation, re-estimate the BatchNorm statistics on training batches (as ``CatDogClassifier``).
 
     Runs while fewer than ``max_steps`` optimizer steps have been taken, on up to ``max_batches`` batches of
-    ``loader`` (the training loader), through :func:`catdog.batchnorm.recalibrate_batchnorm`; 0 batches never runs.
+    ``loader`` (the training loader), through :func:`catdog.training.batchnorm.recalibrate_batchnorm`;
+    0 batches never runs.
     """
 
     def __init__(self, loader: Any, max_batches: int, max_steps: int, device: str | None = None) -> None:
@@ -166,7 +167,7 @@ class RecalibrateBatchNorm(Callback):
     def on_valid_begin(self, logs: dict) -> None:
         if self.max_batches <= 0 or self.steps >= self.max_steps:
             return
-        from catdog.batchnorm import recalibrate_batchnorm
+        from catdog.training.batchnorm import recalibrate_batchnorm
 
         device = torch.device(self.device or "cpu")
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # as CatDogClassifier
@@ -176,13 +177,13 @@ class RecalibrateBatchNorm(Callback):
 class EpochSeeds(Callback):
     """Reseed torch, numpy and ``random`` at the start of every epoch as ``catdog fit`` does.
 
-    The reseeding is :meth:`catdog.callbacks.EpochSeeds.reseed` with the 0-based epoch number, so both
+    The reseeding is :meth:`catdog.training.callbacks.EpochSeeds.reseed` with the 0-based epoch number, so both
     trainers draw the same augmentation and dropout per epoch.
     """
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
-        from catdog.callbacks import EpochSeeds as LightningEpochSeeds
+        from catdog.training.callbacks import EpochSeeds as LightningEpochSeeds
 
         self.lightning = LightningEpochSeeds(seed)
 

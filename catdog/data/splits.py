@@ -22,7 +22,7 @@ import numpy as np
 
 from catdog import CLASSES, CatDogError
 
-#: The file ``catdog fuse`` writes beside train/ and test/ (one row per source file; ``catdog.fusion``).
+#: The file ``catdog fuse`` writes beside train/ and test/ (one row per source file; ``catdog.data.fusion``).
 MANIFEST = "manifest.csv"
 #: How ``train/`` is split into training and validation images.
 VAL_SPLITS = ("random", "breed")

@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from catdog import CatDogError
-from catdog.report import Collected, Run, format_duration, results_table, to_markdown
-from catdog.report_data import (
+from catdog.evaluation.report.collect import (
     ComparisonRecord,
     breed_table,
     breeds_of_test_dogs,
@@ -24,7 +23,8 @@ from catdog.report_data import (
     recorded_data_dir,
     worst_mistakes,
 )
-from catdog.report_plots import plot_accuracy, plot_breeds, plot_confusion, plot_mistakes, plot_reliability
+from catdog.evaluation.report.command import Collected, Run, format_duration, results_table, to_markdown
+from catdog.evaluation.report.plots import plot_accuracy, plot_breeds, plot_confusion, plot_mistakes, plot_reliability
 
 PRETRAINED_CAVEAT = (
     "Rows marked ImageNet-pretrained start from ImageNet weights. The dogs of Kaggle's Dog Breed Identification "
@@ -73,7 +73,7 @@ def write_report(found: Collected, out: Path, data_dir: str | os.PathLike[str] |
         plots += pngs
     intro = (
         "Every figure is recomputed from each run's `predictions.csv` (test split: file, true label, P(dog)) "
-        "with `catdog.metrics.score`; a prediction is Dog when P(dog) > 0.5. *Published accuracy* is the "
+        "with `catdog.evaluation.metrics.score`; a prediction is Dog when P(dog) > 0.5. *Published accuracy* is the "
         "original work's test accuracy for the same network and weights: its PyTorch EfficientNetV2-B2 "
         "(pretrained 0.98, scratch 0.86) beside the Lightning and Poutyne rows, its Keras models beside theirs."
     )

@@ -3,13 +3,13 @@
 :func:`quantize_onnx` turns a file written by ``catdog export`` into ``<name>.int8.onnx`` beside it:
 
 1. calibration: ``calibration_images`` training images (a seeded, class-balanced sample of the dataset's
-   ``train/`` split) through the same :func:`catdog.transforms.eval_transform` the server uses;
+   ``train/`` split) through the same :func:`catdog.data.transforms.eval_transform` the server uses;
 2. ``onnxruntime.quantization.quant_pre_process`` (shape inference, graph optimisation), then
    ``quantize_static`` (QDQ format, uint8 activations and int8 weights, per output channel by default:
    the u8 x s8 products that x86 VNNI instructions compute);
 3. evaluation: both models on the whole ``test/`` split; each one's predictions are saved
    (``<name>.int8-eval/{fp32,int8}/predictions.csv``) and the accuracies and the agreement rate are
-   computed from those files with :mod:`catdog.metrics`;
+   computed from those files with :mod:`catdog.evaluation.metrics`;
 4. the int8 file gets the fp32 file's metadata (so ``catdog serve`` serves it like any other model) plus
    the quantization settings and the evaluation figures, and replaces any previous file only once complete.
 """
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from catdog import CatDogError
-from catdog.metrics import THRESHOLD, read_predictions, write_predictions
+from catdog.data.splits import labelled_images, relative_name, stratified_split
+from catdog.data.transforms import PreprocessConfig, eval_transform, open_image
+from catdog.evaluation.metrics import THRESHOLD, read_predictions, write_predictions
 from catdog.serving.models import create_session, softmax
-from catdog.splits import labelled_images, relative_name, stratified_split
-from catdog.transforms import PreprocessConfig, eval_transform, open_image
 from catdog.utils import file_sha256
 
 #: ``models/NAME.onnx`` -> ``models/NAME.int8.onnx``.

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catdog import CatDogError
-from catdog.fusion.kaggle import read_breed_file
-from catdog.fusion.placement import MODES, clear_out, delete_moved_sources, make_folders, write_plan
-from catdog.fusion.plan import KEEP_BYTES, Plan, default_workers, make_plan
-from catdog.fusion.records import (
+from catdog.data.fusion.kaggle import read_breed_file
+from catdog.data.fusion.placement import MODES, clear_out, delete_moved_sources, make_folders, write_plan
+from catdog.data.fusion.plan import KEEP_BYTES, Plan, default_workers, make_plan
+from catdog.data.fusion.records import (
     MANIFEST,
     SPLIT_FILE,
     SPLITS,
@@ -20,7 +20,7 @@ from catdog.fusion.records import (
     replace_if_changed,
     split_document,
 )
-from catdog.fusion.sources import Source
+from catdog.data.fusion.sources import Source
 
 VERIFY = ("quick", "full")
 
@@ -55,7 +55,7 @@ def fuse(
     workers: int | None = None,
     progress: bool = True,
 ) -> FusionResult:
-    """Fuse the two Kaggle sources into ``out`` (see :mod:`catdog.fusion`): plan, write, report.
+    """Fuse the two Kaggle sources into ``out`` (see :mod:`catdog.data.fusion`): plan, write, report.
 
     Nothing is written until the plan is complete, so a source that cannot make the dataset leaves
     ``out`` as it was.

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catdog import CLASSES
-from catdog.fusion.sources import SourceFile
-from catdog.splits import MANIFEST  # noqa: F401 - re-exported by catdog.fusion
+from catdog.data.fusion.sources import SourceFile
+from catdog.data.splits import MANIFEST  # noqa: F401 - re-exported by catdog.data.fusion
 
 SPLITS = ("train", "test")
 SPLIT_FILE = "split.json"

@@ -7,9 +7,9 @@ Output::
                        sha256, size, status, detail (status "ok", or why the file is not in the output)
     OUT/split.json     the arguments, seed, train/test breeds, counts, leakage report, completion flag
 
-A fusion is a plan, then writes, then a report: :func:`~catdog.fusion.plan.make_plan` reads and checks
+A fusion is a plan, then writes, then a report: :func:`~catdog.data.fusion.plan.make_plan` reads and checks
 every file it needs and decides where each goes (nothing written yet, so a source that cannot make the
-dataset leaves the output as it was); :func:`~catdog.fusion.placement.write_plan` puts the files in
+dataset leaves the output as it was); :func:`~catdog.data.fusion.placement.write_plan` puts the files in
 place, checking each against the sha256 of the plan; the manifest and split.json record it.
 
 Sources may be folders or the zips Kaggle ships (read in place, nested ``train.zip`` included).
@@ -22,12 +22,12 @@ Modules: ``sources`` (folders, zips, image checks), ``kaggle`` (the two layouts,
 (:func:`fuse` and ``catdog fuse``).
 """
 
-from catdog.fusion.command import VERIFY, FusionResult, fuse, fusion_arguments, main
-from catdog.fusion.kaggle import list_cats, list_dogs, read_labels, split_breeds
-from catdog.fusion.placement import MODES
-from catdog.fusion.plan import Plan, make_plan
-from catdog.fusion.records import MANIFEST, MANIFEST_COLUMNS, SPLIT_FILE, SPLITS, Item
-from catdog.fusion.sources import Source, SourceFile, check_image
+from catdog.data.fusion.command import VERIFY, FusionResult, fuse, fusion_arguments, main
+from catdog.data.fusion.kaggle import list_cats, list_dogs, read_labels, split_breeds
+from catdog.data.fusion.placement import MODES
+from catdog.data.fusion.plan import Plan, make_plan
+from catdog.data.fusion.records import MANIFEST, MANIFEST_COLUMNS, SPLIT_FILE, SPLITS, Item
+from catdog.data.fusion.sources import Source, SourceFile, check_image
 
 __all__ = [
     "MANIFEST", "MANIFEST_COLUMNS", "MODES", "SPLITS", "SPLIT_FILE", "VERIFY", "FusionResult", "Item", "Plan",

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from catdog import CLASSES, CatDogError
-from catdog.fusion.kaggle import COMPETITION_DOGS, list_cats, list_dogs, split_breeds
-from catdog.fusion.records import SPLITS, Item
-from catdog.fusion.sources import Source, basename, check_image
+from catdog.data.fusion.kaggle import COMPETITION_DOGS, list_cats, list_dogs, split_breeds
+from catdog.data.fusion.records import SPLITS, Item
+from catdog.data.fusion.sources import Source, basename, check_image
 
 _CHUNK = 512  # cats checked per round: enough to keep the threads busy, few read beyond the last one needed
 _BATCH = 32  # files per thread task: one task per file costs more than checking a small image

@@ -3,14 +3,14 @@
     catdog compare -c configs/compare.yaml [--data dataset] [--out runs/compare] [--only NAME ...] [--force]
                    [--recipe image_size=64 --recipe epochs=3 ...]
 
-Plan: read the config (:mod:`catdog.compare_plan`), choose the validation files once
-(:func:`catdog.splits.split_train`, stratified and seeded) and write them as ``<out>/val_files.txt``.
+Plan: read the config (:mod:`catdog.evaluation.compare.plan`), choose the validation files once
+(:func:`catdog.data.splits.split_train`, stratified and seeded) and write them as ``<out>/val_files.txt``.
 Do: run each trainer as its own process (``catdog fit``/``test``, ``catdog poutyne``, ``python -m
 keras_baselines``; catdog never imports TensorFlow), its output in ``<out>/<run>/run.log``, with a
 progress line (elapsed time, epoch). A run whose outputs are complete for the same commands is skipped
 (``--force`` reruns it); a run without its weights file is skipped with the reason; a failing run is
 reported with its log and the others go on. Report: ``<out>/compare.json`` and ``<out>/results.md``
-(:mod:`catdog.report`); the exit status is 1 when a run failed.
+(:mod:`catdog.evaluation.report.command`); the exit status is 1 when a run failed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from catdog import CatDogError
-from catdog.compare_plan import (
+from catdog.data.splits import split_train, write_file_list
+from catdog.evaluation.compare.plan import (
     PlannedRun,
     Recipe,
     default_config,
@@ -36,10 +37,9 @@ from catdog.compare_plan import (
     plan_runs,
     recipe_dict,
 )
-from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
-from catdog.report import collect, format_duration
-from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
-from catdog.splits import split_train, write_file_list
+from catdog.evaluation.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
+from catdog.evaluation.report.collect import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
+from catdog.evaluation.report.command import collect, format_duration
 
 VAL_FILES = "val_files.txt"
 RUN_LOG = "run.log"
@@ -296,7 +296,7 @@ def _last_line(log: Path) -> str:
 
 
 def _write_results(out: Path, data: Path) -> None:
-    from catdog.report_sections import write_report
+    from catdog.evaluation.report.sections import write_report
 
     found = collect([out])
     if not found.runs:

@@ -2,7 +2,7 @@
 
 * :func:`set_bn_momentum`: one momentum on every BatchNorm layer.
 * :func:`recalibrate_batchnorm`: running statistics re-estimated on training batches before the validations
-  of a short run (see :class:`catdog.model.CatDogClassifier`); a layer that saw too few values per channel
+  of a short run (see :class:`catdog.training.module.CatDogClassifier`); a layer that saw too few values per channel
   for that (:data:`DEFAULT_BN_MIN_VALUES`) keeps its own.
 """
 

@@ -1,12 +1,12 @@
 """The configuration of ``catdog poutyne``: the sections of ``catdog fit`` plus Poutyne's own, and the run plan.
 
 ``data:`` and ``model:`` are the arguments of :class:`catdog.data.CatDogDataModule` and
-:class:`catdog.model.CatDogClassifier` (one default per setting: the classes'), ``seed_everything`` and
+:class:`catdog.training.module.CatDogClassifier` (one default per setting: the classes'), ``seed_everything`` and
 ``trainer:`` parse exactly as for ``catdog fit``; ``poutyne:`` is :class:`PoutyneOptions`. :func:`plan_run`
 turns a parsed configuration into a :class:`PoutynePlan`, a plain value checked before anything is built.
 Of the ``trainer:`` section Poutyne reads ``max_epochs``, ``limit_train_batches``, ``limit_val_batches``,
 ``accelerator``, the ``patience``/``min_delta`` of its ``EarlyStopping`` callback and whether it has
-``catdog.callbacks.EpochSeeds`` (reseeding every epoch); the rest is Lightning's.
+``catdog.training.callbacks.EpochSeeds`` (reseeding every epoch); the rest is Lightning's.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def build_parser() -> Any:
     from lightning.pytorch import Trainer
 
     from catdog.data import CatDogDataModule
-    from catdog.model import CatDogClassifier
+    from catdog.training.module import CatDogClassifier
 
     parser = ArgumentParser(
         prog="catdog poutyne",
@@ -88,14 +88,14 @@ def build_parser() -> Any:
     # The whole trainer section parses as it does for `catdog fit`; Poutyne reads only a few of its keys.
     parser.add_class_arguments(Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
     parser.add_class_arguments(PoutyneOptions, "poutyne", instantiate=False)
-    # The links of `catdog fit` (catdog.train.CatDogCLI); the data module gets the built model's preprocessing.
+    # The links of `catdog fit` (catdog.training.cli.CatDogCLI); the data module gets the built model's preprocessing.
     parser.link_arguments("data.image_size", "model.image_size")
     return parser
 
 
 def plan_run(config: Any) -> PoutynePlan:
     """Check the configuration and decide the run dir, epochs, batch limits, device and early stopping."""
-    from catdog.poutyne_callbacks import check_save_model_epoch
+    from catdog.poutyne.callbacks import check_save_model_epoch
 
     options = PoutyneOptions(**config.poutyne.as_dict())
     trainer = config.trainer

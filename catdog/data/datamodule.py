@@ -2,11 +2,11 @@
 
 Every loader yields ``(images, labels)``: a float32 tensor of shape (N, 3, size, size) normalised
 with the model's mean/std, and int64 labels in :data:`catdog.CLASSES` order (0 = cat, 1 = dog).
-Validation is carved out of ``train/`` by :func:`catdog.splits.split_train` (stratified and seeded, or a
+Validation is carved out of ``train/`` by :func:`catdog.data.splits.split_train` (stratified and seeded, or a
 file list: ``val_files``); ``test/`` is the test set; ``predict``
 reads ``predict_dir`` (default ``test/``). Training images go through the albumentations pipeline of
-:func:`catdog.transforms.train_augmentation`; everything else through the one
-:func:`catdog.transforms.eval_transform`.
+:func:`catdog.data.transforms.train_augmentation`; everything else through the one
+:func:`catdog.data.transforms.eval_transform`.
 
 The training order is an :class:`EpochSampler`: a permutation that is a pure function of (run seed, epoch),
 moved on by ``set_epoch`` (Lightning's fit loop calls it before every epoch); the training loader's
@@ -34,9 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog import CLASSES, CatDogError
-from catdog.network import DEFAULT_MODEL, preprocess_config_for
-from catdog.splits import labelled_images, list_images, split_train
-from catdog.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
+from catdog.data.splits import labelled_images, list_images, split_train
+from catdog.data.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
+from catdog.training.network import DEFAULT_MODEL, preprocess_config_for
 
 
 def run_seed() -> int:
@@ -107,7 +107,7 @@ class ImageDataset(Dataset):
 
     def _seed_augment(self) -> None:
         """Seed albumentations from torch's seed: once per worker, and again whenever the main process is reseeded
-        (:class:`catdog.callbacks.EpochSeeds` reseeds every epoch).
+        (:class:`catdog.training.callbacks.EpochSeeds` reseeds every epoch).
         """
         info = torch.utils.data.get_worker_info()
         seed = (info.seed if info is not None else torch.initial_seed()) % (2**32)
@@ -135,10 +135,10 @@ class CatDogDataModule(pl.LightningDataModule):
         batch_size: images per batch (per device).
         val_fraction: part of each class of ``train/`` held out for validation (stratified, seeded).
         val_split: ``random`` (stratified by class) or ``breed``: whole dog breeds validate, as whole breeds
-            test, so that validation measures the same thing as test (:func:`catdog.splits.breed_split`; the
+            test, so that validation measures the same thing as test (:func:`catdog.data.splits.breed_split`; the
             breeds come from the dataset's ``manifest.csv``).
         val_files: a validation file list (one path per line relative to ``data_dir``, e.g.
-            ``train/cat/cat.12.jpg``; see :mod:`catdog.splits`): exactly those images validate, and
+            ``train/cat/cat.12.jpg``; see :mod:`catdog.data.splits`): exactly those images validate, and
             ``val_fraction``/``val_split``/``seed`` are not used.
         num_workers: loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory (useful with a GPU).
@@ -150,7 +150,7 @@ class CatDogDataModule(pl.LightningDataModule):
         max_pixels: refuse images with more pixels than this (decompression bomb guard).
         preprocess: the model's eval preprocessing (mean/std/interpolation/crop from its timm data config, at
             ``image_size``): ``catdog fit`` links it from ``model.preprocess_config`` once the model is built;
-            without it, that of :data:`catdog.network.DEFAULT_MODEL`.
+            without it, that of :data:`catdog.training.network.DEFAULT_MODEL`.
     """
 
     def __init__(
@@ -200,7 +200,7 @@ class CatDogDataModule(pl.LightningDataModule):
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
-        """The eval preprocessing: the model's (``preprocess``), else :data:`~catdog.network.DEFAULT_MODEL`'s."""
+        """The eval preprocessing: the model's (``preprocess``), else the default model's."""
         if self._preprocess is None:
             self._preprocess = preprocess_config_for(DEFAULT_MODEL, self.image_size)
         return self._preprocess

@@ -3,7 +3,7 @@
 * :func:`build_network` creates a timm model with a 2-class head, optionally from local weights
   (``pretrained_file``) or the hub cache, never from the network.
 * :func:`preprocess_config_for` turns timm's data config (mean, std, interpolation, crop) into the
-  :class:`~catdog.transforms.PreprocessConfig` shared by training, export and serving.
+  :class:`~catdog.data.transforms.PreprocessConfig` shared by training, export and serving.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from catdog import CLASSES, CatDogError
-from catdog.batchnorm import DEFAULT_BN_MOMENTUM, set_bn_momentum
-from catdog.transforms import PreprocessConfig
+from catdog.data.transforms import PreprocessConfig
+from catdog.training.batchnorm import DEFAULT_BN_MOMENTUM, set_bn_momentum
 
 DEFAULT_MODEL = "tf_efficientnetv2_b2"
 

@@ -1,7 +1,7 @@
 """``catdog report``: every run under ``--runs`` as one results table, with breeds, calibration and mistakes.
 
-Reads each run's ``metrics.json`` (schema: :mod:`catdog.metrics`) and, beside it, its ``predictions.csv``:
-every figure of the table is recomputed from the predictions with :func:`catdog.metrics.score`, and a
+Reads each run's ``metrics.json`` (schema: :mod:`catdog.evaluation.metrics`) and, beside it, its ``predictions.csv``:
+every figure of the table is recomputed from the predictions with :func:`catdog.evaluation.metrics.score`, and a
 ``metrics.json`` that disagrees with its own predictions is named. Writes ``--out`` (Markdown, also
 printed) and PNGs beside it: accuracy per run, one confusion matrix per run, a reliability diagram,
 accuracy per test dog breed (breeds from ``<data>/manifest.csv``) and a gallery of mistakes per run.
@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from catdog import CatDogError
-from catdog.metrics import (
+from catdog.evaluation.metrics import (
     METRICS_FILENAME,
     PREDICTIONS_FILENAME,
     Predictions,
@@ -33,7 +33,13 @@ from catdog.metrics import (
     read_metrics,
     read_predictions,
 )
-from catdog.report_data import COMPARE_RECORD, ComparisonRecord, RunRecord, published_accuracy, read_record
+from catdog.evaluation.report.collect import (
+    COMPARE_RECORD,
+    ComparisonRecord,
+    RunRecord,
+    published_accuracy,
+    read_record,
+)
 
 #: Columns of the results table, in order.
 COLUMNS = (
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             f"no readable {METRICS_FILENAME} under {', '.join(map(str, args.runs))}; "
             "train and test a model first (catdog fit ... then catdog test ...)"
         )
-    from catdog.report_sections import write_report
+    from catdog.evaluation.report.sections import write_report
 
     markdown, plots = write_report(found, args.out, data_dir=args.data)
     for problem in found.problems:

@@ -1,7 +1,7 @@
 """``catdog poutyne``: the Poutyne parity trainer.
 
 It reads the same configuration as ``catdog fit``: the ``data:`` section builds
-:class:`catdog.data.CatDogDataModule`, the ``model:`` section :class:`catdog.model.CatDogClassifier` (its
+:class:`catdog.data.CatDogDataModule`, the ``model:`` section :class:`catdog.training.module.CatDogClassifier` (its
 network, training loss and optimizer settings), ``seed_everything`` seeds everything, and of the
 ``trainer:`` section Poutyne reads ``max_epochs``, ``limit_train_batches``, ``limit_val_batches``,
 ``accelerator`` (``cpu``, ``gpu``/``cuda`` or ``auto``) and the ``patience``/``min_delta`` of its
@@ -14,14 +14,14 @@ settings are the ``poutyne:`` section (:class:`PoutyneOptions`, ``configs/poutyn
     catdog poutyne ... --data.image_size 64 --model.lr 0.001 --trainer.max_epochs 3 --poutyne.upload_uri URI
 
 The rules are Lightning's: the network is trained with the classifier's own losses (label smoothing for
-training, plain cross-entropy for ``val_loss``), :func:`catdog.optim.build_optimizer`'s AdamW and per-step
+training, plain cross-entropy for ``val_loss``), :func:`catdog.training.optim.build_optimizer`'s AdamW and per-step
 schedule and the classifier's BatchNorm policy (momentum, statistics re-estimated before early validations);
-epochs are reseeded as ``catdog.callbacks.EpochSeeds`` does when the trainer's callbacks hold it, the data
+epochs are reseeded as ``catdog.training.callbacks.EpochSeeds`` does when the trainer's callbacks hold it, the data
 module's training sampler (:class:`catdog.data.EpochSampler`) is told each epoch as Lightning tells it, and the
 loaders are iterated in Lightning's order, so from the same config both trainers reach the same weights.
 ``checkpoints/best.ckpt`` is the epoch of lowest ``val_loss``, ``checkpoints/last.ckpt`` the final completed
 epoch (both hold the network's timm state dict). The test split is evaluated with the best weights:
-``predictions.csv`` (:func:`catdog.metrics.write_predictions`) and ``metrics.json`` computed from it.
+``predictions.csv`` (:func:`catdog.evaluation.metrics.write_predictions`) and ``metrics.json`` computed from it.
 
 A run writes under ``poutyne.run_dir`` (default ``runs/poutyne/scratch``, or ``runs/poutyne/pretrained``
 with pretrained weights): ``config.yaml`` (the resolved configuration), ``val_files.txt`` (the validation
@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from catdog.poutyne_callbacks import (
+from catdog.poutyne.callbacks import (
     EpochSeeds,
     FreezeBackbone,
     LightningIterationOrder,
@@ -53,7 +53,7 @@ from catdog.poutyne_callbacks import (
     SaveModel,
     StepScheduler,
 )
-from catdog.poutyne_config import PoutynePlan, build_parser, limit_batches, plan_run
+from catdog.poutyne.config import PoutynePlan, build_parser, limit_batches, plan_run
 
 
 @dataclass
@@ -61,7 +61,7 @@ class PoutyneSetup:
     """A ``poutyne.Model`` ready to train, with what it was built from."""
 
     model: Any  # poutyne.Model
-    classifier: Any  # catdog.model.CatDogClassifier: the network, its loss and hyperparameters
+    classifier: Any  # catdog.training.module.CatDogClassifier: the network, its loss and hyperparameters
     datamodule: Any  # catdog.data.CatDogDataModule, set up for "fit"
     scheduler: Any  # per-step LR scheduler (StepScheduler steps it)
     steps_per_epoch: int
@@ -78,7 +78,7 @@ class PoutyneRun:
 
     run_dir: Path
     history: list[dict[str, float]]
-    metrics: Any  # catdog.metrics.RunMetrics
+    metrics: Any  # catdog.evaluation.metrics.RunMetrics
     metrics_path: Path
     predictions_path: Path
     best_checkpoint: Path
@@ -156,8 +156,8 @@ def prepare(config: Any, plan: PoutynePlan) -> PoutyneSetup:
     import lightning
 
     from catdog.data import CatDogDataModule
-    from catdog.model import CatDogClassifier
-    from catdog.optim import build_optimizer
+    from catdog.training.module import CatDogClassifier
+    from catdog.training.optim import build_optimizer
 
     lightning.seed_everything(plan.seed, verbose=False)
     classifier = CatDogClassifier(**config.model.as_dict())
@@ -195,7 +195,7 @@ def make_model(network: nn.Module, optimizer: Any, loss: nn.Module, device: str 
 
 def describe(setup: PoutyneSetup, plan: PoutynePlan) -> str:
     """One line about the run: network, parameters, images, device, run dir."""
-    from catdog.network import count_parameters
+    from catdog.training.network import count_parameters
 
     hp, network, dm = setup.classifier.hparams, setup.network, setup.datamodule
     total, trainable = count_parameters(network), count_parameters(network, trainable_only=True)
@@ -219,7 +219,7 @@ def fit(
     ModelCheckpoint does) and ``checkpoints/last.ckpt`` is written after every epoch, so it holds the final
     completed one. After the fit the network holds the weights of the last epoch.
     """
-    from catdog.splits import relative_name, write_file_list
+    from catdog.data.splits import relative_name, write_file_list
 
     dm, options = setup.datamodule, plan.options
     # Built first: a bad save_model_epoch is refused before the previous run's checkpoints are touched.
@@ -283,9 +283,14 @@ def fit_callbacks(setup: PoutyneSetup, plan: PoutynePlan, train_loader: Any) -> 
 
 def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds: float) -> tuple[Any, Path]:
     """Evaluate the best checkpoint on the test split; write ``predictions.csv`` and ``metrics.json`` from it."""
-    from catdog.metrics import read_predictions, run_metrics_from_predictions, write_metrics, write_predictions
-    from catdog.network import count_parameters
-    from catdog.splits import relative_name
+    from catdog.data.splits import relative_name
+    from catdog.evaluation.metrics import (
+        read_predictions,
+        run_metrics_from_predictions,
+        write_metrics,
+        write_predictions,
+    )
+    from catdog.training.network import count_parameters
 
     best = plan.run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():

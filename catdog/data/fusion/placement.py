@@ -11,8 +11,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from catdog import CLASSES, CatDogError
-from catdog.fusion.plan import Plan
-from catdog.fusion.records import MANIFEST, SPLIT_FILE, SPLITS, Item
+from catdog.data.fusion.plan import Plan
+from catdog.data.fusion.records import MANIFEST, SPLIT_FILE, SPLITS, Item
 from catdog.utils import file_sha256
 
 MODES = ("copy", "hardlink", "symlink", "move")

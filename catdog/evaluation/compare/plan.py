@@ -16,7 +16,7 @@ import yaml
 
 from catdog import CatDogError
 from catdog.config_files import packaged_config_dir, resolve_config
-from catdog.splits import VAL_SPLITS
+from catdog.data.splits import VAL_SPLITS
 
 TRAINERS = ("lightning", "poutyne", "keras")
 KERAS_MODELS = ("effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn", "vgg16")

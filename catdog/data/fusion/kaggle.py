@@ -1,6 +1,6 @@
 """The two Kaggle layouts: which files are cats, which are dogs of which breed, and the breed split.
 
-Every file of a source becomes an :class:`~catdog.fusion.records.Item`, so the manifest lists them all:
+Every file of a source becomes an :class:`~catdog.data.fusion.records.Item`, so the manifest lists them all:
 images to place (status ``ok`` until checked), files fusion leaves alone on purpose (``unused``, and the
 ``labels`` file) and unexpected files beside the images (``unrecognised``, ``no_label``).
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from catdog import CatDogError
-from catdog.fusion.records import Item
-from catdog.fusion.sources import SourceFile, basename, folder_of
-from catdog.splits import is_image_name
+from catdog.data.fusion.records import Item
+from catdog.data.fusion.sources import SourceFile, basename, folder_of
+from catdog.data.splits import is_image_name
 
 _KAGGLE_NAME = re.compile(r"^(cat|dog)\.(\d+)\.[^.]+$", re.IGNORECASE)
 COMPETITION_DOGS = "dogs come from Dog Breed Identification"

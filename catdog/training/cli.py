@@ -1,4 +1,4 @@
-"""``catdog fit | validate | test | predict``: the LightningCLI of :class:`~catdog.model.CatDogClassifier`
+"""``catdog fit | validate | test | predict``: the LightningCLI of :class:`~catdog.training.module.CatDogClassifier`
 and :class:`~catdog.data.CatDogDataModule`.
 
 Typical use::
@@ -16,9 +16,9 @@ Everything a run writes lives under its **run dir**, ``trainer.default_root_dir`
   final completed epoch: a second ModelCheckpoint without a monitor, saved every epoch), both overwritten,
   never versioned; any ModelCheckpoint in the config without a ``dirpath`` gets this folder;
 * ``<run dir>/predictions.csv`` (test split: file relative to the dataset root, label, P(dog)) and
-  ``<run dir>/metrics.json`` computed from it, written by ``test`` (:class:`catdog.callbacks.RunRecorder`;
-  schema :class:`catdog.metrics.RunMetrics`, framework ``lightning``), which ``catdog report`` collects;
-* ``<run dir>/predict.csv`` written by ``predict`` (:class:`catdog.callbacks.PredictionWriter`);
+  ``<run dir>/metrics.json`` computed from it, written by ``test`` (:class:`catdog.training.callbacks.RunRecorder`;
+  schema :class:`catdog.evaluation.metrics.RunMetrics`, framework ``lightning``), which ``catdog report`` collects;
+* ``<run dir>/predict.csv`` written by ``predict`` (:class:`catdog.training.callbacks.PredictionWriter`);
 * ``<run dir>/lightning_logs/version_N/`` (CSV logs + the resolved ``config.yaml``) and
   ``<run dir>/wandb/`` (offline W&B run; ``WANDB_MODE`` defaults to ``offline``, no key needed): loggers in
   the config with an empty ``save_dir`` get the run dir. Add ``-c configs/logger/csv.yaml`` for CSV only.
@@ -37,7 +37,7 @@ A small run from Python, as ``catdog demo`` does it (paths and numbers are the c
 
 Useful extra overrides: ``--data.batch_size``, ``--data.num_workers``, ``--trainer.limit_train_batches N``,
 ``--trainer.accelerator cpu``, ``--model.pretrained_file PATH`` (with ``-c configs/pretrained.yaml``),
-``--data.val_files FILE`` (a validation file list, see :mod:`catdog.splits`),
+``--data.val_files FILE`` (a validation file list, see :mod:`catdog.data.splits`),
 ``--trainer.precision bf16-mixed``, ``--seed_everything N``. ``data.image_size`` is linked to
 ``model.image_size`` (set the first); the data module normalises images as the built model says
 (``model.preprocess_config``: mean, std, interpolation and crop of the timm model).
@@ -57,7 +57,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from catdog import CatDogError
 from catdog.config_files import resolve_config_args
 from catdog.data import CatDogDataModule
-from catdog.model import CatDogClassifier
+from catdog.training.module import CatDogClassifier
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 CHECKPOINT_DIRNAME = "checkpoints"

@@ -13,13 +13,13 @@ The core is :func:`export_onnx`, which works on any ``nn.Module``: ``torch.onnx.
 (timm's ``tf_`` models pad 'SAME' for a fixed size, so only the batch axis is dynamic and the image
 size is the one in the metadata). The file is one self-contained ``.onnx`` (weights inside, no side
 ``.data`` file) whose ``metadata_props`` carry the class names, the preprocessing
-(:meth:`catdog.transforms.PreprocessConfig.to_metadata`), the model name and the checkpoint's sha256.
+(:meth:`catdog.data.transforms.PreprocessConfig.to_metadata`), the model name and the checkpoint's sha256.
 Every export is verified before it replaces the output file: ``onnx.checker`` and onnxruntime against
 torch on a random batch (max abs difference ``<= atol``, 1e-4 by default); otherwise :class:`ExportError`,
 whose message says why (:func:`explain_disagreement`): torch not deterministic, the exported graph computing
 something else, or a numerically ill-conditioned network (float32 torch itself far from float64 torch, with
 the layer where its error grows and the first BatchNorm layer whose inputs its statistics do not describe).
-``--quantize int8`` also writes ``NAME.int8.onnx`` beside each file (:mod:`catdog.quantize`).
+``--quantize int8`` also writes ``NAME.int8.onnx`` beside each file (:mod:`catdog.export.quantize`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from catdog import DISPLAY_NAMES, CatDogError, __version__
-from catdog.transforms import PreprocessConfig
+from catdog.data.transforms import PreprocessConfig
 from catdog.utils import MODEL_NAME_RULE, file_sha256, is_valid_model_name
 
 if TYPE_CHECKING:
@@ -313,8 +313,8 @@ def as_if_trained(network: nn.Module, head_std: float = 0.5) -> nn.Module:
 def export_checkpoint(
     ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, opset: int | None = None, atol: float = 1e-4
 ) -> ExportResult:
-    """Load a :class:`~catdog.model.CatDogClassifier` checkpoint (exportable layers) and :func:`export_onnx` it."""
-    from catdog.model import load_classifier
+    """Load a :class:`~catdog.training.module.CatDogClassifier` checkpoint (exportable layers) and export it."""
+    from catdog.training.module import load_classifier
 
     try:
         classifier = load_classifier(ckpt_path, exportable=True)
@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{meta['image_size']} px, max |onnxruntime - torch| = {result.max_abs_diff:.2e})"
         )
         if settings is not None:
-            from catdog.quantize import quantize_onnx, summary
+            from catdog.export.quantize import quantize_onnx, summary
 
             line, warning = summary(result.path, quantize_onnx(result.path, args.data_dir, settings=settings))
             print(line)
@@ -455,6 +455,6 @@ def _quantize_settings(args: argparse.Namespace) -> Any:
             raise CatDogError(
                 f"--data-dir {args.data_dir}: no {split}/ folder; give the folder written by `catdog fuse`"
             )
-    from catdog.quantize import QuantizeSettings
+    from catdog.export.quantize import QuantizeSettings
 
     return QuantizeSettings(calibration_images=args.calibration_images, per_channel=not args.per_tensor)

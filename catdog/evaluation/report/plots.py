@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from catdog import DISPLAY_NAMES
-from catdog.metrics import ECE_BINS, Predictions, reliability_curve
-from catdog.report_data import Mistake
+from catdog.evaluation.metrics import ECE_BINS, Predictions, reliability_curve
+from catdog.evaluation.report.collect import Mistake
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

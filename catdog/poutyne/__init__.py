@@ -1,0 +1,6 @@
+"""The Poutyne parity trainer (``catdog poutyne``): the same data, network and optimizer as ``catdog fit``.
+
+Modules: :mod:`~catdog.poutyne.config` (the YAML and its checks), :mod:`~catdog.poutyne.callbacks`
+(SaveModel, BatchNorm re-estimation, reseeding) and :mod:`~catdog.poutyne.trainer`. One process only.
+May import :mod:`catdog.training` and :mod:`catdog.data`.
+"""
