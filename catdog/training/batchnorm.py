@@ -45,7 +45,7 @@ DEFAULT_BN_MIN_VALUES = 512
 # stand-in "pretrained" weights): test losses up to 78.6, float32 up to 0.55 off on the test images, nine of
 # the eleven exports refused. Keeping the running statistics of the layers under 512 values, all eleven exported
 # (largest difference 6.3e-5), float32 within 1e-4 of float64 on the test images, test losses 0.59 to 0.70 (4.1
-# for 16 images at 96 px, from 8.9). Runs with 512 values or more (the first-try run of tests/test_short_runs.py,
+# for 16 images at 96 px, from 8.9). Runs with 512 values or more (the first-try run of test_short_runs.py,
 # the default demo) are unchanged, and the former does not collapse even when its last stage keeps them. A floor
 # on the variances does not help: the near-zero ones (down to 1e-11) are 1x1 depthwise convolutions with a tiny
 # centre weight, whose gain eps already bounds; flooring them at 1e-2 still left an export 21.8 off.

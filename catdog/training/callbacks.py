@@ -135,7 +135,7 @@ class EpochSeeds(Callback):
     the loader's worker seeds are :class:`catdog.data.EpochSampler`'s, also a function of (run seed, epoch).
     Together they make a fit interrupted after an epoch and resumed from ``last.ckpt`` with the same options
     end with the weights, optimizer state and per-epoch ``val_loss`` of the uninterrupted fit (CPU,
-    ``tests/test_resume.py``). The run seed is ``seed``, else the one ``seed_everything`` set
+    ``tests/training/test_resume.py``). The run seed is ``seed``, else the one ``seed_everything`` set
     (``PL_GLOBAL_SEED``), else 0.
     """
 

@@ -179,7 +179,7 @@ def test_a_client_using_timm_gets_the_server_probabilities(checkpoints: dict[str
 
 
 def _doc_snippet() -> str:
-    text = (Path(__file__).resolve().parents[1] / "docs" / "preprocessing.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "preprocessing.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(blocks) == 1, "docs/preprocessing.md should hold one python block: the client snippet"
     return blocks[0]

@@ -31,7 +31,7 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs the keras extra"),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEVEN = ("lightning-pretrained", "lightning-scratch", "poutyne-scratch", "keras-effnetv2b2_scratch",
          "keras-effnetv2b2_imagenet", "keras-custom_cnn", "keras-vgg16")  # fmt: skip
 SMOKE_RECIPE = dict(image_size=32, epochs=1, batch_size=8, steps_per_epoch=1, num_workers=0, accelerator="cpu")

@@ -36,7 +36,7 @@ from keras_baselines.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.keras
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 0
 SMOKE = ["--image-size", "32", "--batch-size", "4", "--steps-per-epoch", "1", "--eager", "--quiet", "--seed", str(SEED)]
 SAVES_EVERY_EPOCH = {"effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn"}

@@ -10,7 +10,7 @@ import pytest
 from catdog import CatDogError
 from catdog.serving.cli import OPTIONS, build_parser, env_table, parse_model_specs
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 #: A value for each option that differs from its default (and passes its type and choices).
 OTHER_VALUES = {
     "--host": "127.0.0.1",
