@@ -33,7 +33,7 @@ import numpy as np
 from catdog.data.splits import labelled_images
 from catdog.data.transforms import PreprocessConfig, preprocess
 from catdog.export.quantize import QuantizeResult, QuantizeSettings, quantize_onnx
-from catdog.serving.models import create_session
+from catdog.export.runtime import create_session
 
 GOAL_SPEEDUP = 1.8
 GOAL_MAX_LOSS_POINTS = 0.5

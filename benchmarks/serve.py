@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{batch:>6} {eager[batch]:>12.1f} {onnx_rate[batch]:>12.1f} {onnx_rate[batch] / eager[batch]:>6.2f}x")
 
     # (b) in-process vs served, same concurrency ------------------------------------------------------------
-    from catdog.serving.models import create_session
+    from catdog.export.runtime import create_session
 
     jpegs = _jpegs(32, args.photo_size)
     ort_threads = args.threads or "onnxruntime's default"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from catdog.data.fusion import fuse
 from catdog.data.sample_data import generate
-from catdog.evaluation.metrics import RunMetrics, read_metrics
+from catdog.metrics import RunMetrics, read_metrics
 from catdog.training.cli import main as catdog_main
 
 

@@ -2,10 +2,11 @@
 
 import sys
 
+from catdog.export.runtime import softmax
 from catdog.serving.api import OnnxClassifierAPI, configure_logging
 from catdog.serving.app import build_server, run
 from catdog.serving.cli import OPTIONS, build_parser, main, parse_model_specs
-from catdog.serving.models import METADATA_KEYS, ServedModel, load_model_info, softmax
+from catdog.serving.models import METADATA_KEYS, ServedModel, load_model_info
 
 __all__ = [
     "METADATA_KEYS",

@@ -3,7 +3,7 @@
 Run them with ``python -m keras_baselines train --model NAME --data dataset``. This package imports
 neither keras nor torch at import time: the Keras backend (``--backend``, default TensorFlow) is chosen
 from the command line and set in ``KERAS_BACKEND`` before keras is first imported. Each run writes the
-test split's ``predictions.csv`` and ``metrics.json`` computed from it by :mod:`catdog.evaluation.metrics`, so the
+test split's ``predictions.csv`` and ``metrics.json`` computed from it by :mod:`catdog.metrics`, so the
 results table lists them next to the torch runs, scored by the same code.
 """
 

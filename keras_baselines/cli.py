@@ -135,7 +135,7 @@ def _number(value: float | None) -> str:
 
 def _report(metrics, run_dir: Path) -> None:
     """Print the summary line, the collapse warning if the predictions show one, and where metrics went."""
-    from catdog.evaluation.metrics import PREDICTIONS_FILENAME, read_predictions
+    from catdog.metrics import PREDICTIONS_FILENAME, read_predictions
 
     print(_summary(metrics))
     warning = read_predictions(run_dir / PREDICTIONS_FILENAME).score().collapse_warning()

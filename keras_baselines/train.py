@@ -8,7 +8,7 @@ A run directory (default ``runs/keras/<model>``) holds::
     history.csv              Keras CSVLogger, one row per epoch
     val_files.txt            the validation images (a catdog.data.splits file list)
     predictions.csv          test split: file (relative to the dataset root), label, P(dog)
-    metrics.json             computed from predictions.csv by catdog.evaluation.metrics (framework "keras")
+    metrics.json             computed from predictions.csv by catdog.metrics (framework "keras")
     run.json                 what was trained and how (read back by ``evaluate``)
 """
 
@@ -24,7 +24,7 @@ import keras
 
 from catdog import CLASSES, CatDogError
 from catdog.data.splits import write_file_list
-from catdog.evaluation.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
+from catdog.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
 from keras_baselines import DEFAULT_BN_MOMENTUM, DEFAULT_BN_RECALIBRATION_BATCHES, DEFAULT_BN_RECALIBRATION_STEPS
 from keras_baselines import data as data_lib
 from keras_baselines.callbacks import BEST_CHECKPOINT, CHECKPOINTS_DIRNAME, make_callbacks

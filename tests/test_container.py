@@ -395,7 +395,7 @@ def test_base_install_generates_data_and_names_the_serve_extra(tmp_path: Path) -
     assert made.returncode == 0, made.stdout + made.stderr
     assert len(list(out.rglob("cat.*.jpg"))) == 4
     probe = (
-        "import catdog.data.transforms, catdog.evaluation.metrics, catdog.data.splits, catdog.utils, sys;"
+        "import catdog.data.transforms, catdog.metrics, catdog.data.splits, catdog.utils, sys;"
         " print(sorted(sys.modules))"
     )
     loaded = subprocess.run(

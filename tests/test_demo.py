@@ -14,7 +14,7 @@ from PIL import Image
 from catdog import DISPLAY_NAMES, CatDogError
 from catdog.cli import main as catdog
 from catdog.demo import MARKER, PRETRAINED_ENV, Server, find_pretrained_weights, plan_models, prepare_workdir
-from catdog.evaluation.metrics import read_metrics
+from catdog.metrics import read_metrics
 
 MODEL = "tf_efficientnetv2_b2"
 

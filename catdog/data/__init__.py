@@ -2,8 +2,10 @@
 
 Owns everything between the downloads and a batch: :mod:`~catdog.data.sample_data` (generated data in
 both Kaggle layouts), :mod:`~catdog.data.fusion` (``catdog fuse``), :mod:`~catdog.data.splits`
-(validation files), :mod:`~catdog.data.transforms` (the one eval preprocessing, torch-free) and
-:mod:`~catdog.data.datamodule` (the ``LightningDataModule``). May import :mod:`catdog.utils` only.
+(validation files), :mod:`~catdog.data.transforms` (the one eval preprocessing, torch-free),
+:mod:`~catdog.data.timm_config` (the default model and its preprocessing, from timm's data config) and
+:mod:`~catdog.data.datamodule` (the ``LightningDataModule``). May import only :mod:`catdog` itself,
+:mod:`catdog.utils` and :mod:`catdog.config_files`; never training or anything above it.
 
 ``from catdog.data import CatDogDataModule`` works; torch and Lightning are imported only then, so the
 torch-free modules here (transforms, splits, fusion) stay light for ``catdog serve`` and ``catdog fuse``.

@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog import CLASSES, CatDogError
 from catdog.data.splits import labelled_images, list_images, split_train
+from catdog.data.timm_config import DEFAULT_MODEL, preprocess_config_for
 from catdog.data.transforms import PreprocessConfig, eval_transform, open_image, train_augmentation
-from catdog.training.network import DEFAULT_MODEL, preprocess_config_for
 
 
 def run_seed() -> int:
@@ -150,7 +150,7 @@ class CatDogDataModule(pl.LightningDataModule):
         max_pixels: refuse images with more pixels than this (decompression bomb guard).
         preprocess: the model's eval preprocessing (mean/std/interpolation/crop from its timm data config, at
             ``image_size``): ``catdog fit`` links it from ``model.preprocess_config`` once the model is built;
-            without it, that of :data:`catdog.training.network.DEFAULT_MODEL`.
+            without it, that of :data:`catdog.data.timm_config.DEFAULT_MODEL`.
     """
 
     def __init__(

@@ -1,7 +1,8 @@
-"""Evaluation: every number from saved predictions, the results report and the comparison.
+"""Evaluation: the results report and the comparison, from the runs' saved predictions and metrics.
 
-:mod:`~catdog.evaluation.metrics` computes every metric from predictions (torch-free);
-:mod:`~catdog.evaluation.report` turns runs into tables and plots; :mod:`~catdog.evaluation.compare`
-plans and runs every model on one dataset. Trainers are run as subprocesses, so this package imports
-no trainer; it may import :mod:`catdog.data`.
+:mod:`~catdog.evaluation.report` turns runs into tables and plots (every number through
+:mod:`catdog.metrics`, which sits below every trainer so that each writes the same ``metrics.json``);
+:mod:`~catdog.evaluation.compare` plans and runs every model on one dataset. Trainers are run as
+subprocesses, so this package imports no trainer: it may import :mod:`catdog.data`, :mod:`catdog.metrics`,
+:mod:`catdog.config_files` and :mod:`catdog.utils`; never serving, the CLI or the demo.
 """

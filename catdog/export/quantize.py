@@ -9,7 +9,7 @@
    the u8 x s8 products that x86 VNNI instructions compute);
 3. evaluation: both models on the whole ``test/`` split; each one's predictions are saved
    (``<name>.int8-eval/{fp32,int8}/predictions.csv``) and the accuracies and the agreement rate are
-   computed from those files with :mod:`catdog.evaluation.metrics`;
+   computed from those files with :mod:`catdog.metrics`;
 4. the int8 file gets the fp32 file's metadata (so ``catdog serve`` serves it like any other model) plus
    the quantization settings and the evaluation figures, and replaces any previous file only once complete.
 """
@@ -29,8 +29,8 @@ import numpy as np
 from catdog import CatDogError
 from catdog.data.splits import labelled_images, relative_name, stratified_split
 from catdog.data.transforms import PreprocessConfig, eval_transform, open_image
-from catdog.evaluation.metrics import THRESHOLD, read_predictions, write_predictions
-from catdog.serving.models import create_session, softmax
+from catdog.export.runtime import create_session, softmax
+from catdog.metrics import THRESHOLD, read_predictions, write_predictions
 from catdog.utils import file_sha256
 
 #: ``models/NAME.onnx`` -> ``models/NAME.int8.onnx``.

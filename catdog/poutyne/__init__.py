@@ -2,5 +2,6 @@
 
 Modules: :mod:`~catdog.poutyne.config` (the YAML and its checks), :mod:`~catdog.poutyne.callbacks`
 (SaveModel, BatchNorm re-estimation, reseeding) and :mod:`~catdog.poutyne.trainer`. One process only.
-May import :mod:`catdog.training` and :mod:`catdog.data`.
+May import :mod:`catdog.training`, :mod:`catdog.data` and :mod:`catdog.metrics`; never export,
+evaluation, serving or the CLI.
 """

@@ -21,7 +21,7 @@ module's training sampler (:class:`catdog.data.EpochSampler`) is told each epoch
 loaders are iterated in Lightning's order, so from the same config both trainers reach the same weights.
 ``checkpoints/best.ckpt`` is the epoch of lowest ``val_loss``, ``checkpoints/last.ckpt`` the final completed
 epoch (both hold the network's timm state dict). The test split is evaluated with the best weights:
-``predictions.csv`` (:func:`catdog.evaluation.metrics.write_predictions`) and ``metrics.json`` computed from it.
+``predictions.csv`` (:func:`catdog.metrics.write_predictions`) and ``metrics.json`` computed from it.
 
 A run writes under ``poutyne.run_dir`` (default ``runs/poutyne/scratch``, or ``runs/poutyne/pretrained``
 with pretrained weights): ``config.yaml`` (the resolved configuration), ``val_files.txt`` (the validation
@@ -78,7 +78,7 @@ class PoutyneRun:
 
     run_dir: Path
     history: list[dict[str, float]]
-    metrics: Any  # catdog.evaluation.metrics.RunMetrics
+    metrics: Any  # catdog.metrics.RunMetrics
     metrics_path: Path
     predictions_path: Path
     best_checkpoint: Path
@@ -284,7 +284,7 @@ def fit_callbacks(setup: PoutyneSetup, plan: PoutynePlan, train_loader: Any) -> 
 def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds: float) -> tuple[Any, Path]:
     """Evaluate the best checkpoint on the test split; write ``predictions.csv`` and ``metrics.json`` from it."""
     from catdog.data.splits import relative_name
-    from catdog.evaluation.metrics import (
+    from catdog.metrics import (
         read_predictions,
         run_metrics_from_predictions,
         write_metrics,

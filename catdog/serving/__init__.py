@@ -38,4 +38,7 @@ SIGTERM and SIGINT stop the server and all its worker processes within a few sec
 PID 1 in a container); exit status 0. Status 1: the server stopped itself (its manager process died, or
 a model crash-loops); status 2: a start-up error. The options and their environment variables:
 ``catdog serve --help`` and ``docs/serving.md``.
+
+May import :mod:`catdog.data.transforms`, :mod:`catdog.export.runtime`, :mod:`catdog.utils` and
+:mod:`catdog` (all torch-free); never training, the trainers, evaluation or the CLI.
 """

@@ -10,8 +10,9 @@ from fastapi import Depends
 from litserve.loops.simple_loops import BatchedLoop, SingleLoop
 
 from catdog.data.transforms import normalize
+from catdog.export.runtime import create_session, softmax
 from catdog.serving.http import read_image
-from catdog.serving.models import ServedModel, create_session, softmax
+from catdog.serving.models import ServedModel
 
 logger = logging.getLogger("catdog.serve")
 

@@ -1,4 +1,4 @@
-"""The ONNX models ``catdog serve`` serves: loading, checking the catdog metadata, the softmax."""
+"""The ONNX models ``catdog serve`` serves: loading and checking the catdog metadata."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from catdog import DISPLAY_NAMES, CatDogError
 from catdog.data.transforms import PreprocessConfig
+from catdog.export.runtime import create_session
 from catdog.utils import MODEL_NAME_RULE, is_valid_model_name
 
 #: The ONNX metadata keys ``catdog export`` writes and the server reads.
@@ -43,17 +42,6 @@ class ServedModel:
             "classes": list(self.classes),
             "checkpoint_sha256": self.metadata.get("checkpoint_sha256"),
         }
-
-
-def create_session(path: str, threads: int = 0) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (0: onnxruntime's choice)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def check_model_name(name: str, spec: str | None = None) -> None:
@@ -113,10 +101,3 @@ def load_model_info(name: str, path: str | os.PathLike[str]) -> ServedModel:
             f"{config.image_size}; re-export it"
         )
     return ServedModel(name, str(file), config, classes, inputs[0].name, meta)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (numerically stable)."""
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

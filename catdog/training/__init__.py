@@ -4,5 +4,5 @@ Modules: :mod:`~catdog.training.network` (timm network, weights files, preproces
 :mod:`~catdog.training.batchnorm`, :mod:`~catdog.training.optim` (loss, AdamW and its schedule),
 :mod:`~catdog.training.module` (``CatDogClassifier``), :mod:`~catdog.training.callbacks` and
 :mod:`~catdog.training.cli` (``catdog fit|validate|test|predict``, LightningCLI). May import
-:mod:`catdog.data` and :mod:`catdog.evaluation.metrics`.
+:mod:`catdog.data` and :mod:`catdog.metrics`.
 """

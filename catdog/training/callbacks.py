@@ -3,7 +3,7 @@
 * :class:`RunRecorder` is Lightning's :class:`~lightning.pytorch.callbacks.Timer` (training time, continued
   across resumes and saved in every checkpoint) that, at the end of ``test``, writes
   ``<run dir>/predictions.csv`` (one row per test image: file relative to the dataset root, label, P(dog))
-  and ``<run dir>/metrics.json`` computed from those predictions by :mod:`catdog.evaluation.metrics`.
+  and ``<run dir>/metrics.json`` computed from those predictions by :mod:`catdog.metrics`.
 * :class:`EpochSeeds` reseeds every epoch from (run seed, epoch number).
 * :class:`PredictionWriter` writes ``<run dir>/predict.csv`` at the end of ``predict`` (any folder of images,
   labels where a ``cat``/``dog`` parent folder says so).
@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Timer
 
 from catdog import CLASSES, DISPLAY_NAMES, CatDogError
 from catdog.data.splits import relative_name, write_file_list
-from catdog.evaluation.metrics import run_metrics_from_predictions, write_metrics, write_predictions
+from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
 from catdog.training.network import count_parameters
 
 #: The validation images of a fit, written into its run folder.

@@ -17,7 +17,7 @@ Everything a run writes lives under its **run dir**, ``trainer.default_root_dir`
   never versioned; any ModelCheckpoint in the config without a ``dirpath`` gets this folder;
 * ``<run dir>/predictions.csv`` (test split: file relative to the dataset root, label, P(dog)) and
   ``<run dir>/metrics.json`` computed from it, written by ``test`` (:class:`catdog.training.callbacks.RunRecorder`;
-  schema :class:`catdog.evaluation.metrics.RunMetrics`, framework ``lightning``), which ``catdog report`` collects;
+  schema :class:`catdog.metrics.RunMetrics`, framework ``lightning``), which ``catdog report`` collects;
 * ``<run dir>/predict.csv`` written by ``predict`` (:class:`catdog.training.callbacks.PredictionWriter`);
 * ``<run dir>/lightning_logs/version_N/`` (CSV logs + the resolved ``config.yaml``) and
   ``<run dir>/wandb/`` (offline W&B run; ``WANDB_MODE`` defaults to ``offline``, no key needed): loggers in

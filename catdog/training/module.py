@@ -21,7 +21,7 @@ import torchmetrics
 from torch import nn
 
 from catdog import CLASSES, CatDogError
-from catdog.evaluation.metrics import score
+from catdog.metrics import score
 from catdog.training.batchnorm import (
     DEFAULT_BN_MOMENTUM,
     DEFAULT_BN_RECALIBRATION_BATCHES,

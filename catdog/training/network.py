@@ -2,8 +2,8 @@
 
 * :func:`build_network` creates a timm model with a 2-class head, optionally from local weights
   (``pretrained_file``) or the hub cache, never from the network.
-* :func:`preprocess_config_for` turns timm's data config (mean, std, interpolation, crop) into the
-  :class:`~catdog.data.transforms.PreprocessConfig` shared by training, export and serving.
+* :func:`preprocess_config_for` (from :mod:`catdog.data.timm_config`, where it lives with
+  :data:`DEFAULT_MODEL`) turns timm's data config into the preprocessing shared by training, export and serving.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ import torch
 from torch import nn
 
 from catdog import CLASSES, CatDogError
-from catdog.data.transforms import PreprocessConfig
+from catdog.data.timm_config import DEFAULT_MODEL, preprocess_config_for
 from catdog.training.batchnorm import DEFAULT_BN_MOMENTUM, set_bn_momentum
 
-DEFAULT_MODEL = "tf_efficientnetv2_b2"
+__all__ = [
+    "DEFAULT_MODEL",
+    "build_network",
+    "count_parameters",
+    "hub_cached_weights",
+    "preprocess_config_for",
+    "set_backbone_trainable",
+]
 
 _HOW_TO_PROVIDE_WEIGHTS = (
     "Provide local weights with model.pretrained_file=<path to a timm state dict (.pth/.bin/.safetensors) or a "
@@ -175,29 +182,3 @@ def _zero_head(network: nn.Module) -> nn.Module:
         if head.bias is not None:
             nn.init.zeros_(head.bias)
     return network
-
-
-def preprocess_config_for(network_or_model_name: nn.Module | str, image_size: int) -> PreprocessConfig:
-    """The eval preprocessing for a timm network (or model name) at ``image_size`` pixels.
-
-    Mean, std, interpolation and crop percentage come from timm's ``resolve_data_config``; the input
-    size is the one given (models here train at sizes other than their ImageNet default).
-    """
-    from timm.data import resolve_data_config
-
-    if isinstance(network_or_model_name, str):
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(network_or_model_name)
-        data_config = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {"x": 0})
-    else:
-        data_config = resolve_data_config({}, model=network_or_model_name)
-    interpolation = data_config.get("interpolation", "bicubic")
-    return PreprocessConfig(
-        image_size=int(image_size),
-        mean=tuple(float(v) for v in data_config["mean"]),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in data_config["std"]),  # type: ignore[arg-type]
-        crop_pct=float(data_config.get("crop_pct", 1.0)),
-        crop_mode=str(data_config.get("crop_mode") or "center"),
-        interpolation=interpolation if interpolation in {"nearest", "bilinear", "bicubic", "lanczos"} else "bicubic",
-    )

@@ -13,8 +13,8 @@ from PIL import Image
 from catdog import CLASSES, CatDogError
 from catdog.data import CatDogDataModule, EpochSampler
 from catdog.data.splits import relative_name, split_train, stratified_split, write_file_list
+from catdog.data.timm_config import preprocess_config_for
 from catdog.data.transforms import ImageDecodeError, preprocess
-from catdog.training.network import preprocess_config_for
 
 SIZE = 32
 

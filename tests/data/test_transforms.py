@@ -152,7 +152,7 @@ def test_eval_transform_equals_timm_for_the_project_model() -> None:
     timm = pytest.importorskip("timm")
     from timm.data import create_transform, resolve_data_config
 
-    from catdog.training.network import preprocess_config_for
+    from catdog.data.timm_config import preprocess_config_for
 
     rng = np.random.default_rng(0)
     for size in (32, 37):

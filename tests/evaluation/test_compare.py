@@ -22,8 +22,8 @@ from catdog import CatDogError
 from catdog.cli import main as catdog
 from catdog.data.splits import read_file_list, split_train
 from catdog.evaluation.compare.plan import load_config
-from catdog.evaluation.metrics import read_metrics, read_predictions
 from catdog.evaluation.report.collect import read_record
+from catdog.metrics import read_metrics, read_predictions
 
 pytestmark = [
     pytest.mark.slow,
@@ -267,7 +267,7 @@ def test_progress_counts_keras_history_rows_and_lightning_checkpoint_saves(tmp_p
 
 
 def test_a_failed_rerun_leaves_no_stale_results(small_dataset: Path, tmp_path: Path) -> None:
-    from catdog.evaluation.metrics import run_metrics_from_predictions, write_metrics, write_predictions
+    from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
 
     broken = {"name": "keras-broken", "trainer": "keras", "model": "custom_cnn", "args": ["--no-such-flag"]}
     config = _write_config(tmp_path, {"torch": None, "keras": None}, [broken])

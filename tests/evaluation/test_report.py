@@ -14,15 +14,6 @@ from PIL import Image
 
 from catdog.cli import main as catdog
 from catdog.data.splits import labelled_images, relative_name
-from catdog.evaluation.metrics import (
-    Predictions,
-    RunMetrics,
-    read_predictions,
-    run_metrics_from_predictions,
-    score,
-    write_metrics,
-    write_predictions,
-)
 from catdog.evaluation.report.collect import (
     ComparisonRecord,
     RunRecord,
@@ -31,6 +22,15 @@ from catdog.evaluation.report.collect import (
     worst_mistakes,
 )
 from catdog.evaluation.report.command import COLUMNS
+from catdog.metrics import (
+    Predictions,
+    RunMetrics,
+    read_predictions,
+    run_metrics_from_predictions,
+    score,
+    write_metrics,
+    write_predictions,
+)
 
 #: Runs as the three trainers write them: name (folder under runs/) -> metrics.
 RUNS = {

@@ -150,7 +150,8 @@ def test_a_client_using_timm_gets_the_server_probabilities(checkpoints: dict[str
     from timm.data import create_transform
 
     from catdog.data.transforms import preprocess
-    from catdog.serving.models import load_model_info, softmax
+    from catdog.export.runtime import softmax
+    from catdog.serving.models import load_model_info
 
     out = tmp_path / "model.onnx"
     assert cli.main(["export", "--ckpt", str(checkpoints["pretrained"]), "--out", str(out)]) == 0
@@ -187,7 +188,8 @@ def _doc_snippet() -> str:
 
 def test_the_documented_client_snippet_reproduces_the_server(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     from catdog.data.transforms import preprocess
-    from catdog.serving.models import load_model_info, softmax
+    from catdog.export.runtime import softmax
+    from catdog.serving.models import load_model_info
 
     out = tmp_path / "model.onnx"
     assert cli.main(["export", "--ckpt", str(checkpoints["scratch"]), "--out", str(out)]) == 0

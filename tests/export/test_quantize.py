@@ -94,7 +94,7 @@ def test_int8_file_beside_the_fp32_one_with_its_metadata(exported: dict) -> None
 
 def test_recorded_figures_equal_an_independent_evaluation(exported: dict, fused_dataset: Path) -> None:
     """Accuracies and agreement in the metadata, the printed line and predictions.csv, recomputed from scratch."""
-    from catdog.evaluation.metrics import read_predictions
+    from catdog.metrics import read_predictions
 
     files, labels = labelled_images(fused_dataset / "test")
     labels = np.asarray(labels)
@@ -132,8 +132,9 @@ def _config(model: Path):
 
 
 def test_the_server_serves_the_int8_model_like_any_other(exported: dict, fused_dataset: Path) -> None:
-    from catdog.evaluation.metrics import read_predictions
-    from catdog.serving.models import create_session, load_model_info, softmax
+    from catdog.export.runtime import create_session, softmax
+    from catdog.metrics import read_predictions
+    from catdog.serving.models import load_model_info
 
     served = load_model_info("small-int8", exported["int8"])
     assert served.config == load_model_info("small", exported["fp32"]).config

@@ -30,7 +30,7 @@ keras = pytest.importorskip("keras", reason="keras_baselines needs the keras ext
 
 from catdog import CLASSES, CatDogError  # noqa: E402
 from catdog.data.splits import read_file_list, relative_name, split_train, write_file_list  # noqa: E402
-from catdog.evaluation.metrics import read_metrics, read_predictions  # noqa: E402
+from catdog.metrics import read_metrics, read_predictions  # noqa: E402
 from keras_baselines import MODEL_NAMES, use_backend  # noqa: E402
 from keras_baselines.cli import main  # noqa: E402
 

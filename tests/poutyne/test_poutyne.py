@@ -17,7 +17,7 @@ import torchmetrics
 from train_helpers import CSV_ONLY, POUTYNE, PRETRAINED, SCRATCH, logged
 
 from catdog.cli import main
-from catdog.evaluation.metrics import read_metrics, read_predictions, run_metrics_from_predictions
+from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
 from catdog.poutyne.callbacks import SaveModel, upload_file
 from catdog.poutyne.config import build_parser, early_stopping_settings, plan_run
 from catdog.poutyne.trainer import PoutyneRun, prepare, train_poutyne

@@ -20,7 +20,7 @@ from train_helpers import fit_options, fused_sample
 
 from catdog.data import CatDogDataModule
 from catdog.data.splits import read_file_list
-from catdog.evaluation.metrics import Scores, score
+from catdog.metrics import Scores, score
 from catdog.training.cli import main
 from catdog.training.module import load_classifier
 

@@ -21,7 +21,7 @@ from catdog import CLASSES
 from catdog.cli import main
 from catdog.data import CatDogDataModule
 from catdog.data.transforms import preprocess
-from catdog.evaluation.metrics import read_metrics, read_predictions, run_metrics_from_predictions
+from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
 from catdog.training.cli import CatDogCLI
 from catdog.training.module import CatDogClassifier, load_classifier
 

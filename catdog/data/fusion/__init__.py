@@ -19,7 +19,7 @@ rerun with other arguments refuses unless ``--overwrite``.
 
 Modules: ``sources`` (folders, zips, image checks), ``kaggle`` (the two layouts, the breed split),
 ``records`` (manifest rows, split.json), ``plan``, ``placement`` (copy/link/move), ``command``
-(:func:`fuse` and ``catdog fuse``).
+(:func:`fuse` and ``catdog fuse``). May import :mod:`catdog.data.splits` and :mod:`catdog.utils`; no torch.
 """
 
 from catdog.data.fusion.command import VERIFY, FusionResult, fuse, fusion_arguments, main

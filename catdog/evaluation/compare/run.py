@@ -37,9 +37,9 @@ from catdog.evaluation.compare.plan import (
     plan_runs,
     recipe_dict,
 )
-from catdog.evaluation.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
 from catdog.evaluation.report.collect import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
 from catdog.evaluation.report.command import collect, format_duration
+from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
 
 VAL_FILES = "val_files.txt"
 RUN_LOG = "run.log"

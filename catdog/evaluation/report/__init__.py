@@ -2,5 +2,5 @@
 
 :mod:`~catdog.evaluation.report.collect` reads runs, :mod:`~catdog.evaluation.report.sections` writes
 the Markdown, :mod:`~catdog.evaluation.report.plots` the PNGs, :mod:`~catdog.evaluation.report.command`
-is the command.
+is the command. May import :mod:`catdog.metrics`, :mod:`catdog.data` and :mod:`catdog.utils`; no torch.
 """

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from catdog import CatDogError
-from catdog.evaluation.metrics import THRESHOLD, Predictions, RunMetrics
+from catdog.metrics import THRESHOLD, Predictions, RunMetrics
 
 COMPARE_RECORD = "compare.json"
 MANIFEST = "manifest.csv"

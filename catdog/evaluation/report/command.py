@@ -1,7 +1,7 @@
 """``catdog report``: every run under ``--runs`` as one results table, with breeds, calibration and mistakes.
 
-Reads each run's ``metrics.json`` (schema: :mod:`catdog.evaluation.metrics`) and, beside it, its ``predictions.csv``:
-every figure of the table is recomputed from the predictions with :func:`catdog.evaluation.metrics.score`, and a
+Reads each run's ``metrics.json`` (schema: :mod:`catdog.metrics`) and, beside it, its ``predictions.csv``:
+every figure of the table is recomputed from the predictions with :func:`catdog.metrics.score`, and a
 ``metrics.json`` that disagrees with its own predictions is named. Writes ``--out`` (Markdown, also
 printed) and PNGs beside it: accuracy per run, one confusion matrix per run, a reliability diagram,
 accuracy per test dog breed (breeds from ``<data>/manifest.csv``) and a gallery of mistakes per run.
@@ -24,7 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from catdog import CatDogError
-from catdog.evaluation.metrics import (
+from catdog.evaluation.report.collect import (
+    COMPARE_RECORD,
+    ComparisonRecord,
+    RunRecord,
+    published_accuracy,
+    read_record,
+)
+from catdog.metrics import (
     METRICS_FILENAME,
     PREDICTIONS_FILENAME,
     Predictions,
@@ -32,13 +39,6 @@ from catdog.evaluation.metrics import (
     Scores,
     read_metrics,
     read_predictions,
-)
-from catdog.evaluation.report.collect import (
-    COMPARE_RECORD,
-    ComparisonRecord,
-    RunRecord,
-    published_accuracy,
-    read_record,
 )
 
 #: Columns of the results table, in order.

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from catdog import DISPLAY_NAMES
-from catdog.evaluation.metrics import ECE_BINS, Predictions, reliability_curve
 from catdog.evaluation.report.collect import Mistake
+from catdog.metrics import ECE_BINS, Predictions, reliability_curve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -73,7 +73,7 @@ def write_report(found: Collected, out: Path, data_dir: str | os.PathLike[str] |
         plots += pngs
     intro = (
         "Every figure is recomputed from each run's `predictions.csv` (test split: file, true label, P(dog)) "
-        "with `catdog.evaluation.metrics.score`; a prediction is Dog when P(dog) > 0.5. *Published accuracy* is the "
+        "with `catdog.metrics.score`; a prediction is Dog when P(dog) > 0.5. *Published accuracy* is the "
         "original work's test accuracy for the same network and weights: its PyTorch EfficientNetV2-B2 "
         "(pretrained 0.98, scratch 0.86) beside the Lightning and Poutyne rows, its Keras models beside theirs."
     )

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from catdog import CatDogError
-from catdog.evaluation.metrics import RunMetrics, binary_confusion_matrix, read_metrics, write_metrics
+from catdog.metrics import RunMetrics, binary_confusion_matrix, read_metrics, write_metrics
 
 
 def _metrics(**overrides) -> RunMetrics:
@@ -74,7 +74,7 @@ def _random_predictions(seed: int, n: int = 301, ties: bool = False):
 def test_score_matches_torchmetrics(ties: bool) -> None:
     torch = pytest.importorskip("torch")
     tm = pytest.importorskip("torchmetrics.functional.classification")
-    from catdog.evaluation.metrics import score
+    from catdog.metrics import score
 
     for seed in range(5):
         labels, p_dog = _random_predictions(seed, ties=ties)
@@ -97,7 +97,7 @@ def test_score_matches_torchmetrics(ties: bool) -> None:
 def test_auroc_brute_force_and_edge_cases() -> None:
     import itertools
 
-    from catdog.evaluation.metrics import binary_auroc
+    from catdog.metrics import binary_auroc
 
     labels = [0, 1, 1, 0, 1, 0, 0, 1]
     scores = [0.1, 0.9, 0.4, 0.4, 0.4, 0.8, 0.2, 0.7]
@@ -112,14 +112,14 @@ def test_auroc_brute_force_and_edge_cases() -> None:
 
 
 def test_threshold_ties_go_to_cat() -> None:
-    from catdog.evaluation.metrics import score
+    from catdog.metrics import score
 
     scores = score([0, 1], [0.5, 0.5000001])
     assert scores.confusion_matrix == [[1, 0], [0, 1]]
 
 
 def test_collapse_warning_signature() -> None:
-    from catdog.evaluation.metrics import score
+    from catdog.metrics import score
 
     labels = [0] * 40 + [1] * 60
     ranked_but_all_cat = [0.01 + 0.001 * i for i in range(100)]  # perfect ranking, every P(dog) < 0.5
@@ -131,7 +131,7 @@ def test_collapse_warning_signature() -> None:
 
 
 def test_predictions_round_trip_full_precision(tmp_path) -> None:
-    from catdog.evaluation.metrics import read_predictions, run_metrics_from_predictions, score, write_predictions
+    from catdog.metrics import read_predictions, run_metrics_from_predictions, score, write_predictions
 
     labels, p_dog = _random_predictions(7, n=50)
     p_dog[0] = 0.5000000000001  # would flip to "cat" if written with 6 decimals
@@ -152,7 +152,7 @@ def test_predictions_round_trip_full_precision(tmp_path) -> None:
 
 
 def test_malformed_predictions_name_the_line(tmp_path) -> None:
-    from catdog.evaluation.metrics import read_predictions
+    from catdog.metrics import read_predictions
 
     bad = tmp_path / "predictions.csv"
     bad.write_text("file,label,p_dog\na.jpg,1,0.3\nb.jpg,dog,0.4\n")
