@@ -211,7 +211,7 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
             pytest.fail(f"catdog serve ignored SIGTERM for 15 s:\n{output[-3000:]}")
     stopped_in = time.monotonic() - start
     assert proc.returncode == 0, output[-3000:]
-    # README: "SIGTERM/SIGINT stop the server and its workers within about a second".
+    # docs/serving.md: "SIGTERM/SIGINT stop the server and its workers within about a second".
     assert workers or not sys.platform.startswith("linux"), "catdog serve started no worker processes"
     left = [pid for pid, cmdline in workers.items() if _cmdline(pid) == cmdline]
     assert not left, f"worker processes {left} outlived the server"
@@ -471,6 +471,6 @@ def test_container_check_with_podman(
         skip_or_fail(reason_text, "podman")
     assert proc.returncode == 0, output[-6000:]
     facts = json.loads(output.split("PASSED in ", 1)[1].split(": ", 1)[1].splitlines()[0])
-    # What the README and docs/container.md claim: stopped within about a second; the image adds <= 180 MB.
+    # What docs/serving.md and docs/container.md claim: stopped within about a second; the image adds <= 180 MB.
     assert facts["stop_s"] <= check.STOP_LIMIT_S, facts
     assert 0 < facts["added_mb"] <= check.ADDED_LIMIT_MB, facts

@@ -37,7 +37,7 @@ def _onnx_answer(model: Path, image: Path) -> list[float]:
 def test_demo_runs_the_whole_pipeline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    # The README's faster form (32 px) with the default data sizes, whose training split leaves a last batch
+    # The demo docs' faster form (32 px) with the default data sizes, whose training split leaves a last batch
     # of one image at batch 16; three epochs so that the scratch model has learned the generated data. No
     # weights file: the pretrained model is skipped (its planning is tested below; training it from a file is
     # covered by the compare and training tests).

@@ -15,7 +15,7 @@ Run it through ``scripts/container-check`` (which picks the project's Python). S
    answers must equal onnxruntime on the host), three bad uploads (4xx JSON, server still healthy),
    ``GET /`` (the page) and ``GET /metrics`` (the requests and errors counted exactly as sent, both models
    loaded), ``podman healthcheck run``, no process runs as root, no torch, pandas or compiler in the image.
-7. SIGTERM (``podman kill --signal TERM``): the server exits 0 within :data:`STOP_LIMIT_S` (README: "within about
+7. SIGTERM (``podman kill --signal TERM``): the server exits 0 within :data:`STOP_LIMIT_S` (serving.md: "within about
    a second"), timed from podman's kill event to its died event; then ``podman-compose down`` leaves no
    container, pod or network.
 
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BASE_IMAGE = "docker.io/library/python:3.11-slim"
 SKIP = 77
-#: README and docs/container.md: SIGTERM stops the server and its workers "within about a second": the HTTP
+#: docs/serving.md and docs/container.md: SIGTERM stops the server and its workers "within about a second": the HTTP
 #: processes get 1 s to finish open requests, then everything exits. Checked with this much slack for a busy machine.
 STOP_LIMIT_S = 2.0
 #: What the image may add on top of its base image (catdog[serve]'s venv and the user), in MB (10^6 bytes).

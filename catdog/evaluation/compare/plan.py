@@ -202,7 +202,7 @@ def _weights(spec: RunSpec, config: CompareConfig) -> tuple[Path | None, str | N
         return path, None
     what = "a timm state dict of tf_efficientnetv2_b2" if key == "torch" else f"Keras' {KERAS_WEIGHTS_NAME}"
     where = f"{path} not found" if path is not None else "no file given"
-    return None, f"no ImageNet weights ({where}): set weights.{key} in the config to {what} (see README)"
+    return None, f"no ImageNet weights ({where}): set weights.{key} in the config to {what} (see docs/comparison.md)"
 
 
 def _torch_commands(
