@@ -1,4 +1,4 @@
-"""What several benchmarks share: ``catdog serve`` started in a subprocess and waited for.
+"""What several benchmarks share: the ``--quick`` option, and ``catdog serve`` started in a subprocess and waited for.
 
 The benchmarks run as scripts (``python benchmarks/NAME.py``), so this folder is on ``sys.path`` and they
 import it as ``_common``.
@@ -6,12 +6,31 @@ import it as ``_common``.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: Mapping[str, object]
+) -> argparse.Namespace:
+    """``parser``'s arguments with a ``--quick`` option: the smallest settings (``quick``, by destination).
+
+    ``--quick`` runs the benchmark end to end in seconds, to check that it still works: its figures measure
+    nothing. Options given on the command line still win over the quick settings.
+    """
+    settings = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in quick.items())
+    parser.add_argument("--quick", action="store_true", help=f"smallest settings, a check that it runs ({settings})")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
 
 #: How long ``catdog serve`` may take to answer ``/health`` (model loading, worker start-up).
 START_TIMEOUT_S = 180.0

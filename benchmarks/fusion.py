@@ -2,6 +2,7 @@
 
     python benchmarks/fusion.py [--cats 12500] [--breeds 120] [--dogs-per-breed 85] [--image-px 44] [--repeat 3]
                                 [--dir /dev/shm]
+    python benchmarks/fusion.py --quick      # a few hundred files, one round: checks that it runs
 
 The default is the scale of the real data's file count: 12,500 cats and 10,200 dogs (22,700 files of about
 2.7 KB, 61 MB; small files make the per-file cost, where Python loses most to ``cp``, count the most). The
@@ -38,17 +39,21 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _common import parse_args
 from PIL import Image
 
-from catdog.data.fusion import Source, fuse, fusion_arguments, make_plan
+from catdog.data.fusion import Plan, Source, fuse, fusion_arguments, make_plan
 from catdog.data.fusion.placement import make_folders, write_plan
 from catdog.data.fusion.plan import KEEP_BYTES, default_workers
 
 #: Slow variants, timed in the first round only.
 ONCE = {"fuse copy, zip sources", "fuse rerun (no change)", "fuse copy --verify full"}
+#: ``--quick``: a few hundred files, one round.
+QUICK = dict(cats=100, breeds=4, dogs_per_breed=20, repeat=1)
 
 
 def quick_sources(root: Path, cats: int, breeds: int, per_breed: int, px: int, as_zip: bool) -> tuple[Path, Path]:
@@ -113,7 +118,21 @@ def python_copy(pairs: list[tuple[str, str]]) -> None:
         os.close(descriptor)
 
 
-def main() -> None:
+@dataclass
+class Prepared:
+    """Generated sources (folders and zips), fuse's plan of them and a tree of exactly the files it writes."""
+
+    cats: Path
+    dogs: Path
+    zip_cats: Path
+    zip_dogs: Path
+    arguments: dict[str, object]
+    plan: Plan
+    contents: dict
+    tree: Path  # hardlinks to the planned files, in fuse's four output folders
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cats", type=int, default=12500)
     parser.add_argument("--breeds", type=int, default=120)
@@ -123,72 +142,85 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers(), help="fuse threads (default: fuse's)")
     parser.add_argument("--dir", default=None, help="where to work (default: the system's temp folder); "
                         "/dev/shm leaves the disk out and shows the CPU cost per file")  # fmt: skip
-    args = parser.parse_args()
+    args = parse_args(parser, argv, QUICK)
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        root = Path(tmp)
         start = time.perf_counter()
-        shape = (args.cats, args.breeds, args.dogs_per_breed, args.image_px)
-        cats, dogs = quick_sources(root / "src", *shape, as_zip=False)
-        zcats, zdogs = quick_sources(root / "zsrc", *shape, as_zip=True)
-        n_train = int(args.cats * 0.72)
-        kwargs = dict(cat_train=n_train, cat_test=args.cats - n_train, progress=False)
-        arguments = fusion_arguments(cats, dogs, n_train, args.cats - n_train, None, None, 42, "copy", "quick")
-        with Source(cats, "cats") as cats_src, Source(dogs, "dogs") as dogs_src:
-            plan = make_plan(cats_src, dogs_src, arguments, args.workers, progress=False, keep_bytes=KEEP_BYTES)
-        contents = dict(plan.contents)
-        placed = plan.placed
+        prepared = prepare(Path(tmp), args)
+        placed = prepared.plan.placed
         megabytes = sum(item.size for item in placed) / 1e6
-        prepared = root / "prepared"  # exactly the files fuse writes, in its four folders
-        make_folders(prepared)
-        for item in placed:
-            os.link(item.file.path, prepared / item.destination)  # type: ignore[arg-type]
         print(f"sources: {len(placed)} of the generated files are written ({megabytes:.0f} MB), "
               f"prepared in {time.perf_counter() - start:.1f}s; cp: 1 thread; fuse: --workers {args.workers} "
               f"(and 1) threads read and check, 1 writes; {os.cpu_count()} CPUs")  # fmt: skip
-
-        out = root / "out"
-
-        def clear() -> None:
-            shutil.rmtree(out, ignore_errors=True)
-
-        def cp(*flags: str) -> Callable[[], None]:
-            def run() -> None:
-                out.mkdir()
-                subprocess.run(["cp", *flags, str(prepared / "train"), str(prepared / "test"), str(out)], check=True)
-
-            return run
-
-        def fused(source: tuple[Path, Path], **extra: object) -> Callable[[], object]:
-            options = {"workers": args.workers, **kwargs, **extra}
-            return lambda: fuse(*source, out, **options)
-
-        def write_only() -> None:  # the plan's bytes are written and then dropped: keep a copy for each round
-            plan.contents = dict(contents)
-            write_plan(plan, out, "copy", fresh=True, progress=False)
-
-        pairs = [(str(item.file.path), f"{out}/{item.destination}") for item in placed]
-        variants: dict[str, tuple[Callable[[], None], Callable[[], object]]] = {
-            "cp -r": (clear, cp("-r")),
-            "fuse copy": (clear, fused((cats, dogs))),
-            "fuse copy, 1 thread": (clear, fused((cats, dogs), workers=1)),
-            "  plan only (read+sha256+check)": (clear, lambda: _plan_only(cats, dogs, arguments, args.workers)),
-            "  write only (kept bytes)": (clear, write_only),
-            "  bare Python copy, 1 thread": (lambda: (clear(), make_folders(out)), lambda: python_copy(pairs)),
-            "cp -rl": (clear, cp("-rl")),
-            "fuse hardlink": (clear, fused((cats, dogs), mode="hardlink")),
-            "fuse copy, zip sources": (clear, fused((zcats, zdogs))),
-            "fuse rerun (no change)": (lambda: None, fused((zcats, zdogs))),
-            "fuse copy --verify full": (clear, fused((cats, dogs), verify="full")),
-        }
+        variants = make_variants(prepared, Path(tmp) / "out", args.workers)
         best = {name: (float("inf"), float("inf")) for name in variants}
         for round_ in range(args.repeat):
-            for name, (prepare, run) in variants.items():
+            for name, (prepare_run, run) in variants.items():
                 if round_ and name in ONCE:
                     continue
-                wall, cpu = timed(prepare, run)
+                wall, cpu = timed(prepare_run, run)
                 best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
         _report(best, len(placed))
+
+
+def prepare(root: Path, args: argparse.Namespace) -> Prepared:
+    """The sources of ``args``' shape under ``root``, as folders and as zips, and what fuse plans for them."""
+    shape = (args.cats, args.breeds, args.dogs_per_breed, args.image_px)
+    cats, dogs = quick_sources(root / "src", *shape, as_zip=False)
+    zip_cats, zip_dogs = quick_sources(root / "zsrc", *shape, as_zip=True)
+    n_train = int(args.cats * 0.72)
+    arguments = fusion_arguments(cats, dogs, n_train, args.cats - n_train, None, None, 42, "copy", "quick")
+    with Source(cats, "cats") as cats_src, Source(dogs, "dogs") as dogs_src:
+        plan = make_plan(cats_src, dogs_src, arguments, args.workers, progress=False, keep_bytes=KEEP_BYTES)
+    tree = root / "prepared"
+    make_folders(tree)
+    for item in plan.placed:
+        os.link(item.file.path, tree / item.destination)  # type: ignore[arg-type]
+    return Prepared(cats, dogs, zip_cats, zip_dogs, arguments, plan, dict(plan.contents), tree)
+
+
+def make_variants(
+    prepared: Prepared, out: Path, workers: int
+) -> dict[str, tuple[Callable[[], None], Callable[[], object]]]:
+    """Each timed variant by name: (what to do before it, untimed; the timed work), all writing to ``out``."""
+    cats, dogs = prepared.cats, prepared.dogs
+    kwargs = dict(cat_train=prepared.arguments["cat_train"], cat_test=prepared.arguments["cat_test"], progress=False)
+
+    def clear() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    def cp(*flags: str) -> Callable[[], None]:
+        def run() -> None:
+            out.mkdir()
+            subprocess.run(
+                ["cp", *flags, str(prepared.tree / "train"), str(prepared.tree / "test"), str(out)], check=True
+            )
+
+        return run
+
+    def fused(source: tuple[Path, Path], **extra: object) -> Callable[[], object]:
+        options = {"workers": workers, **kwargs, **extra}
+        return lambda: fuse(*source, out, **options)
+
+    def write_only() -> None:  # the plan's bytes are written and then dropped: keep a copy for each round
+        prepared.plan.contents = dict(prepared.contents)
+        write_plan(prepared.plan, out, "copy", fresh=True, progress=False)
+
+    pairs = [(str(item.file.path), f"{out}/{item.destination}") for item in prepared.plan.placed]
+    zips = (prepared.zip_cats, prepared.zip_dogs)
+    return {
+        "cp -r": (clear, cp("-r")),
+        "fuse copy": (clear, fused((cats, dogs))),
+        "fuse copy, 1 thread": (clear, fused((cats, dogs), workers=1)),
+        "  plan only (read+sha256+check)": (clear, lambda: _plan_only(cats, dogs, prepared.arguments, workers)),
+        "  write only (kept bytes)": (clear, write_only),
+        "  bare Python copy, 1 thread": (lambda: (clear(), make_folders(out)), lambda: python_copy(pairs)),
+        "cp -rl": (clear, cp("-rl")),
+        "fuse hardlink": (clear, fused((cats, dogs), mode="hardlink")),
+        "fuse copy, zip sources": (clear, fused(zips)),
+        "fuse rerun (no change)": (lambda: None, fused(zips)),
+        "fuse copy --verify full": (clear, fused((cats, dogs), verify="full")),
+    }
 
 
 def _plan_only(cats: Path, dogs: Path, arguments: dict[str, object], workers: int) -> None:
@@ -199,8 +231,9 @@ def _plan_only(cats: Path, dogs: Path, arguments: dict[str, object], workers: in
 def _report(best: dict[str, tuple[float, float]], files: int) -> None:
     baseline_wall, baseline_cpu = best["cp -r"]
     print(f"{'':32s} {'wall s':>7s} {'x cp -r':>8s} {'cpu s':>7s} {'x cp -r':>8s} {'us/file':>8s}")
-    for name, (wall, cpu) in best.items():
-        print(f"{name:32s} {wall:7.2f} {wall / baseline_wall:8.2f} {cpu:7.2f} {cpu / baseline_cpu:8.2f} "
+    for name, (wall, cpu) in best.items():  # CPU time has a clock tick's resolution: a tiny run can read 0
+        cpu_ratio = f"{cpu / baseline_cpu:8.2f}" if baseline_cpu else f"{'-':>8s}"
+        print(f"{name:32s} {wall:7.2f} {wall / baseline_wall:8.2f} {cpu:7.2f} {cpu_ratio} "
               f"{wall / files * 1e6:8.0f}")  # fmt: skip
     for name, base in (("fuse copy", "cp -r"), ("fuse hardlink", "cp -rl")):
         ratio = best[name][0] / best[base][0]

@@ -2,6 +2,7 @@
 
     python benchmarks/keras_throughput.py --image-size 64 --batch-size 16 --steps 10 --rounds 5
     python benchmarks/keras_throughput.py --models custom_cnn effnetv2b2_scratch --image-size 224
+    python benchmarks/keras_throughput.py --quick    # the custom CNN at 32 px, one step: checks that it runs
 
 Keras fixes its backend at import, so each backend is one worker process, started once and kept alive.
 Every model is built and compiled exactly as ``python -m keras_baselines train`` builds it (graph mode on
@@ -28,12 +29,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import parse_args
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from keras_baselines import BACKENDS, MODEL_NAMES, use_backend  # noqa: E402
 
 PREFIX = "RESULT "
+#: ``--quick``: the smallest model at 32 px, one timed step of one round.
+QUICK = dict(models=["custom_cnn"], image_size=32, batch_size=4, steps=1, warmup=1, rounds=1, threads=1)
 
 
 def _set_threads(backend: str, threads: int) -> None:
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per backend")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=BACKENDS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, QUICK)
     if args.worker:
         worker(args)
         return 0

@@ -3,6 +3,7 @@
     python benchmarks/load.py                                  # exports two small random-weight models
     python benchmarks/load.py --model pretrained=models/pretrained.onnx --model scratch=models/scratch.onnx
     python benchmarks/load.py --seconds 20 --clients 8         # shorter (at most 600 s, 64 clients)
+    python benchmarks/load.py --quick                          # 2 s, 4 clients: checks that it runs
 
 The benchmark starts the server itself on 127.0.0.1 (no other address is ever contacted), warms it up,
 then ``--clients`` threads post for ``--seconds``: 90 % good uploads (JPEG and PNG, multipart and raw
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _common import start_serve
+from _common import parse_args, start_serve
 
 from catdog.data.sample_data import breed_style, draw_cat, draw_dog
 from catdog.utils import free_port
@@ -50,6 +51,7 @@ MAX_SECONDS = 600
 MAX_CLIENTS = 64
 MAX_UPLOAD_MB = 1.0  # the server's --max-upload-mb here, so a "too large" upload stays small
 BOUNDARY = "catdog-load-boundary-5c2a"
+QUICK = dict(seconds=2.0, warmup=1.0, clients=4, image_size=32)  # ``--quick``
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth-mb", type=float, default=50.0, help="largest RSS growth in MB (50)")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `catdog serve` argument")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, QUICK)
     if not 0 < args.seconds <= MAX_SECONDS or not 0 < args.clients <= MAX_CLIENTS:
         parser.error(f"--seconds must be in (0, {MAX_SECONDS}] and --clients in [1, {MAX_CLIENTS}]")
     if not 0 <= args.bad_fraction <= 1:

@@ -3,6 +3,7 @@
     python benchmarks/quantize.py                                              # generated data, untrained b2
     python benchmarks/quantize.py --onnx models/pretrained.onnx --data-dir dataset   # a trained export
     python benchmarks/quantize.py --variants                                   # also per-tensor, QOperator, s8s8
+    python benchmarks/quantize.py --quick                    # a tiny model at 32 px: checks that it runs
 
 Without ``--onnx`` the benchmark generates a small dataset (``catdog sample-data`` + ``catdog fuse``) and
 exports ``tf_efficientnetv2_b2`` at ``--image-size`` with random weights made to look trained (non-trivial
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import parse_args
 
 from catdog.data.splits import labelled_images
 from catdog.data.transforms import PreprocessConfig, preprocess
@@ -37,6 +39,9 @@ from catdog.export.runtime import create_session
 
 GOAL_SPEEDUP = 1.8
 GOAL_MAX_LOSS_POINTS = 0.5
+#: ``--quick``: a tiny timm test model at 32 px, few images, one short round.
+QUICK = dict(model_name="test_efficientnet", image_size=32, calibration_images=8, batch_sizes=[1, 4], steps=1,
+             warmup=1, rounds=1, threads=1)  # fmt: skip
 
 
 def variants(calibration_images: int, all_variants: bool) -> dict[str, QuantizeSettings]:
@@ -131,7 +136,7 @@ def report(
         print("(an untrained network on generated data: read the agreement, not the accuracies; use --onnx)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--onnx", type=Path, help="an fp32 file from `catdog export` (default: generate one)")
     parser.add_argument("--data-dir", type=Path, help="its dataset (train/ calibrates, test/ evaluates)")
@@ -145,7 +150,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", type=Path, help="keep the generated files and predictions here (default: temp)")
-    args = parser.parse_args()
+    args = parse_args(parser, argv, QUICK)
     if (args.onnx is None) != (args.data_dir is None):
         parser.error("give both --onnx and --data-dir, or neither (generated data and model)")
 

@@ -3,6 +3,7 @@
     python benchmarks/serve.py                      # tf_efficientnetv2_b2 at 224 px, random weights
     python benchmarks/serve.py --image-size 160 --requests 160
     python benchmarks/serve.py --ckpt runs/pretrained/checkpoints/best.ckpt
+    python benchmarks/serve.py --quick              # a tiny model, few requests: checks that it runs
 
 In one run:
 
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from _common import start_serve
+from _common import parse_args, start_serve
 
 from catdog.data.sample_data import breed_style, draw_cat, draw_dog
 from catdog.data.transforms import PreprocessConfig, preprocess
@@ -204,7 +205,28 @@ def _http_decode_threads() -> int:
     return asyncio.run(tokens())
 
 
+#: ``--quick``: a tiny timm test model at 32 px, small photos, few requests, one round.
+QUICK = dict(model="test_efficientnet", image_size=32, photo_size=64, requests=16, seconds=0.05, rounds=1, batch_size=4)
+CLIENTS = (1, 8, 16)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(_parser(), argv, QUICK)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="catdog-bench-"))
+    network, config, onnx_path = _export(args, workdir)
+    eager, onnx_rate = _model_only(network, onnx_path, config.image_size, args)
+    jpegs = _jpegs(32, args.photo_size)
+    results, modes = _in_process_vs_served(onnx_path, config, jpegs, args)
+    int8_ratio = _int8_vs_fp32(onnx_path, workdir, jpegs, args) if args.int8 else None
+    _goals(results, modes, onnx_rate[1] / eager[1], int8_ratio)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tf_efficientnetv2_b2", help="timm model (random weights)")
     parser.add_argument("--ckpt", help="a catdog checkpoint to benchmark instead of random weights")
@@ -226,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         "busy machine multi-threaded torch collapses (its OpenMP threads wait on each other), hence 1",
     )
     parser.add_argument("--serve-arg", action="append", default=[], help="extra `catdog serve` argument")
-    args = parser.parse_args(argv)
+    return parser
 
-    import onnxruntime as ort
+
+def _export(args: argparse.Namespace, workdir: Path) -> tuple[object, PreprocessConfig, Path]:
+    """The network (``--ckpt``'s, or ``--model`` with random weights), its preprocessing and its ONNX export."""
+    import onnxruntime
     import torch
 
     from catdog.export.onnx import export_onnx
@@ -244,20 +269,25 @@ def main(argv: list[str] | None = None) -> int:
         network = build_network(args.model, exportable=True).eval()
         config = preprocess_config_for(network, args.image_size)
         model_name, sha = args.model, None
-    workdir = Path(tempfile.mkdtemp(prefix="catdog-bench-"))
     onnx_path = export_onnx(network, config, workdir / "bench.onnx", model_name, sha).path
-    size = config.image_size
+    print(
+        f"{model_name} at {config.image_size} px, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), "
+        f"torch {torch.__version__} and onnxruntime {onnxruntime.__version__}, {args.threads or 'default'} thread(s)"
+    )
+    return network, config, onnx_path
 
-    # (a) torch eager vs onnxruntime --------------------------------------------------------------------
+
+def _model_only(
+    network: object, onnx_path: Path, size: int, args: argparse.Namespace
+) -> tuple[dict[int, float], dict[int, float]]:
+    """(a) images/s of torch eager and of onnxruntime on the same random input, batch 1 and 16."""
+    import onnxruntime as ort
+    import torch
+
     options = ort.SessionOptions()
     if args.threads:
-        torch.set_num_threads(args.threads)
         options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    print(
-        f"{model_name} at {size} px, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), "
-        f"torch {torch.__version__} and onnxruntime {ort.__version__}, {args.threads or 'default'} thread(s)"
-    )
     eager: dict[int, float] = {}
     onnx_rate: dict[int, float] = {}
     for batch in (1, 16):
@@ -266,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_torch(x: torch.Tensor = x) -> None:
             with torch.inference_mode():
-                network(x)
+                network(x)  # type: ignore[operator]
 
         def run_onnx(x_np: np.ndarray = x_np) -> None:
             session.run(None, {"image": x_np})
@@ -278,11 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'batch':>6} {'torch eager':>12} {'onnxruntime':>12} {'ratio':>7}")
     for batch in (1, 16):
         print(f"{batch:>6} {eager[batch]:>12.1f} {onnx_rate[batch]:>12.1f} {onnx_rate[batch] / eager[batch]:>6.2f}x")
+    return eager, onnx_rate
 
-    # (b) in-process vs served, same concurrency ------------------------------------------------------------
+
+Results = dict[tuple[str, str, int], dict[str, float]]
+
+
+def _in_process_vs_served(
+    onnx_path: Path, config: PreprocessConfig, jpegs: list[bytes], args: argparse.Namespace
+) -> tuple[Results, tuple[tuple[str, int], ...]]:
+    """(b) the best of ``--rounds`` for each (batching mode, side, clients), and the modes (label, batch size)."""
     from catdog.export.runtime import create_session
 
-    jpegs = _jpegs(32, args.photo_size)
     ort_threads = args.threads or "onnxruntime's default"
     print(f"\n(b) JPEG ({args.photo_size} px short side) -> probabilities, {args.requests} requests per figure")
     print(
@@ -291,20 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"threads, in-process: one decode thread per client; 1 inference thread, onnxruntime intra-op {ort_threads}")
     modes = (("batching off", 1), (f"batching on ({args.batch_size})", args.batch_size))
-    results: dict[tuple[str, str, int], dict[str, float]] = {}
+    results: Results = {}
     for label, batch_size in modes:
-        served_session = create_session(str(onnx_path), threads=args.threads)
-        worker = InProcessWorker(served_session, session.get_inputs()[0].name, batch_size, args.batch_timeout)
+        session = create_session(str(onnx_path), threads=args.threads)
+        worker = InProcessWorker(session, session.get_inputs()[0].name, batch_size, args.batch_timeout)
         extra = ["--threads", str(args.threads), *args.serve_arg]
         process, url = _start_server(onnx_path, batch_size, args.batch_timeout, extra)
+        sides = (("in-process", _in_process_call(worker, config)), ("served", _http_call(f"{url}/predict/bench")))
         try:
-            for clients in (1, 8, 16):
-                # In-process and served alternate, so load from other programs falls on both alike.
-                for _ in range(args.rounds):
-                    for side, make in (
-                        ("in-process", _in_process_call(worker, config)),
-                        ("served", _http_call(f"{url}/predict/bench")),
-                    ):
+            for clients in CLIENTS:
+                for _ in range(args.rounds):  # in-process and served alternate: load falls on both alike
+                    for side, make in sides:
                         r = _load(make, jpegs, clients, args.requests)
                         best = results.get((label, side, clients))
                         if best is None or r["rps"] > best["rps"]:
@@ -313,24 +347,29 @@ def main(argv: list[str] | None = None) -> int:
             process.terminate()
             process.wait(30)
             worker.close()
+    _print_served(results, modes)
+    return results, modes
+
+
+def _print_served(results: Results, modes: tuple[tuple[str, int], ...]) -> None:
     print(
         f"{'':<24} {'clients':>7} {'in-process/s':>13} {'served/s':>9} {'ratio':>7} "
         f"{'p50 ms in/srv':>14} {'p99 ms in/srv':>14}"
     )
     for label, _ in modes:
-        for clients in (1, 8, 16):
+        for clients in CLIENTS:
             i, v = results[label, "in-process", clients], results[label, "served", clients]
             print(
                 f"{label:<24} {clients:>7} {i['rps']:>13.1f} {v['rps']:>9.1f} {v['rps'] / i['rps']:>6.2f}x "
                 f"{i['p50']:>6.1f}/{v['p50']:<7.1f} {i['p99']:>6.1f}/{v['p99']:<7.1f}"
             )
 
-    int8_ratio = _int8_vs_fp32(onnx_path, workdir, jpegs, args) if args.int8 else None
 
+def _goals(results: Results, modes: tuple[tuple[str, int], ...], ratio_a: float, int8_ratio: float | None) -> None:
+    """The goals, each with its measured figure."""
     ratio8 = {label: results[label, "served", 8]["rps"] / results[label, "in-process", 8]["rps"] for label, _ in modes}
-    best_label = max(ratio8, key=ratio8.get)
+    best_label = max(ratio8, key=ratio8.get)  # type: ignore[arg-type]
     p50_in, p50_served = results["batching off", "in-process", 1]["p50"], results["batching off", "served", 1]["p50"]
-    ratio_a = onnx_rate[1] / eager[1]
     print("\ngoals")
     met = "met" if ratio8[best_label] >= 0.9 else "MISSED"
     print(f"served at 8 clients >= 0.9x in-process at 8 ({best_label}): {ratio8[best_label]:.2f}x  {met}")
@@ -342,7 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     if int8_ratio is not None:
         verdict = "met" if int8_ratio >= 1.8 else "MISSED"
         print(f"int8 served >= 1.8x fp32 served at 8 clients: {int8_ratio:.2f}x  {verdict}")
-    return 0
 
 
 def _int8_vs_fp32(onnx_path: Path, workdir: Path, jpegs: list[bytes], args: argparse.Namespace) -> float:

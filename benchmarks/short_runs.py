@@ -1,6 +1,7 @@
 """How much a short run from scratch learns on small data: test scores over datasets and seeds, per run length.
 
     python benchmarks/short_runs.py --epochs 3 10 --data-seeds 0 1 2 3 --seeds 42 1 [--val-split random breed]
+    python benchmarks/short_runs.py --quick      # one 1-epoch run of a tiny model: checks that it runs
 
 Each dataset is the first try of a new user: ``catdog sample-data`` with 100 cats and 9 breeds of 20 dogs
 (seed ``--data-seeds``), fused with 60 training and 40 test cats, which puts 5 breeds in train/ and 4 unseen
@@ -30,10 +31,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import parse_args
+
 from catdog.data.fusion import fuse
 from catdog.data.sample_data import generate
 from catdog.metrics import RunMetrics, read_metrics
 from catdog.training.cli import main as catdog_main
+
+#: ``--quick``: one run of one epoch of a tiny timm test model at 32 px.
+QUICK = dict(epochs=[1], data_seeds=[0], seeds=[42], model="test_efficientnet", image_size=32, batch_size=16)
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ def fit_and_test(
     """``catdog fit`` then ``catdog test --ckpt_path best`` as a user runs them: the test's metrics.json and the
     validation accuracy of the best epoch (lowest val_loss, the epoch ``best.ckpt`` holds)."""
     options = [
-        "-c", "scratch", "-c", "logger/csv",
+        "-c", "scratch", "-c", "logger/csv", "--model.model_name", args.model,
         "--seed_everything", str(seed), "--data.data_dir", str(data), "--data.image_size", str(args.image_size),
         "--data.batch_size", str(args.batch_size), "--data.val_split", variant.val_split,
         "--data.num_workers", "0", "--trainer.accelerator", "cpu",
@@ -117,25 +123,26 @@ def summarise(results: list[Result], target: float) -> None:
         print(f"{epochs:>6}  {str(variant):<42} {len(group):>4}  {figures}  {val:>7.2f}  {reached}/{len(group)}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--data-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1], help="training seeds (seed_everything)")
+    parser.add_argument("--model", default="tf_efficientnetv2_b2", help="timm model trained from scratch")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-recalibration", action="store_true", help="also run without BatchNorm re-estimation")
     parser.add_argument("--val-split", nargs="+", choices=("random", "breed"), default=["random"])
     parser.add_argument("--target", type=float, default=0.85)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    args = parser.parse_args()
+    args = parse_args(parser, argv, QUICK)
 
     import torch
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # one line per run is printed here instead
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    print(f"tf_efficientnetv2_b2 from scratch, {args.image_size} px, batch {args.batch_size}, {args.threads} threads")
+    print(f"{args.model} from scratch, {args.image_size} px, batch {args.batch_size}, {args.threads} threads")
     variants = [
         Variant(recalibration, val_split)
         for recalibration in ((True, False) if args.no_recalibration else (True,))

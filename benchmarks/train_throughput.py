@@ -1,6 +1,7 @@
 """Training throughput: a plain PyTorch loop vs Lightning ``fit`` vs data loading alone, in one run.
 
     python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20
+    python benchmarks/train_throughput.py --quick     # a tiny model for a few steps: checks that it runs
 
 Every training runner trains the same network (:func:`catdog.training.network.build_network`) with the same
 optimizer and schedule (:func:`catdog.training.optim.build_optimizer`), batch size, thread count and batches (decoded
@@ -27,7 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _common import parse_args
 from torch.nn import functional as F
+
+#: ``--quick``: a tiny timm test model, a few small batches, one round.
+QUICK = dict(model="test_efficientnet", image_size=32, batch_size=8, steps=2, warmup=1, workers=0, rounds=1,
+             images_per_class=16)  # fmt: skip
 
 
 @dataclass
@@ -176,21 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the data figure")
     parser.add_argument("--data-dir", type=Path, help="a fused dataset (default: generate one)")
+    parser.add_argument("--images-per-class", type=int, default=160, help="training cats of the generated data")
     parser.add_argument("--only", nargs="*", choices=sorted(RUNNERS), help="run only these trainers")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, QUICK)
 
     import lightning.pytorch as pl
 
     from catdog.data import CatDogDataModule
+    from catdog.training.network import preprocess_config_for
 
     torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir or make_dataset(Path(tmp), args.image_size, images_per_class=160)
+        data_dir = args.data_dir or make_dataset(Path(tmp), args.image_size, args.images_per_class)
         dm = CatDogDataModule(data_dir, image_size=args.image_size, batch_size=args.batch_size,
-                              num_workers=args.workers, persistent_workers=args.workers > 0,
-                              model_name=args.model, val_fraction=0.1)  # fmt: skip
+                              num_workers=args.workers, persistent_workers=args.workers > 0, val_fraction=0.1,
+                              preprocess=preprocess_config_for(args.model, args.image_size))  # fmt: skip
         dm.setup("fit")
         total = args.warmup + args.steps
         batches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -210,21 +218,25 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name].append(RUNNERS[name](bench))
         rates = {name: statistics.median(values) for name, values in samples.items()}
         loading = statistics.median(data_rate(dm, batches=max(8, args.steps)) for _ in range(args.rounds))
+    report(rates, loading, args.workers)
+    return 0
 
+
+def report(rates: dict[str, float], loading: float, workers: int) -> None:
+    """Images/s of each runner and of data loading, with their ratios and goals."""
     baseline = rates.get("plain")
     print(f"{'run':<28}{'images/s':>10}{'ratio':>10}")
     for name, rate in rates.items():
         ratio = f"{rate / baseline:.3f}x" if baseline else "-"
         print(f"{'train: ' + name:<28}{rate:>10.1f}{ratio:>10}")
     train_rate = rates.get("lightning", baseline or 0.0)
-    print(f"{f'data: decode+augment ({args.workers} workers)':<28}{loading:>10.1f}"
+    print(f"{f'data: decode+augment ({workers} workers)':<28}{loading:>10.1f}"
           f"{(f'{loading / train_rate:.2f}x' if train_rate else '-'):>10}  (vs lightning training)")  # fmt: skip
     for name in ("lightning", "poutyne"):
         if baseline and name in rates:
             print(f"{name} / plain{' ' * (9 - len(name))} = {rates[name] / baseline:.3f} (goal >= 0.95)")
     if train_rate:
         print(f"data / training   = {loading / train_rate:.2f} (goal >= 2)")
-    return 0
 
 
 if __name__ == "__main__":

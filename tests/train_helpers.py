@@ -1,5 +1,5 @@
 """Helpers for the tests that run ``catdog fit``: the shipped configs, small generated datasets, options, CSV logs;
-and Lightning checkpoints of untrained models."""
+Lightning checkpoints of untrained models; the check of a freeze-then-unfreeze run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = str(ROOT / "configs" / "scratch.yaml")
@@ -92,3 +93,29 @@ def save_checkpoint(model: pl.LightningModule, path: Path) -> None:
     model.trainer = trainer
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
+
+
+def assert_head_only_then_everything_trains(
+    start: dict[str, torch.Tensor],
+    ends: list[dict[str, torch.Tensor]],
+    trainable: list[set[str]],
+    head: set[str],
+) -> None:
+    """A freeze-then-unfreeze run of two epochs (``freeze_backbone_epochs: 1``), from its parameters.
+
+    ``start``: every parameter before training; ``ends[i]``: every parameter at the end of epoch ``i``;
+    ``trainable[i]``: the names of the parameters that required a gradient during epoch ``i``; ``head``: the
+    classifier's parameter names. In the first epoch only the head trains and every backbone parameter keeps
+    its value exactly; in the second the backbone trains: every one of its parameters moves.
+    """
+    import torch
+
+    backbone = set(start) - head
+    assert head and backbone and head <= set(start)
+    assert trainable[0] == head, "the first epoch should train the classifier head only"
+    assert trainable[1] == set(start), "the second epoch should train every parameter"
+    unchanged = [name for name in backbone if not torch.equal(ends[0][name], start[name])]
+    assert not unchanged, f"frozen backbone parameters changed in the first epoch: {unchanged[:5]}"
+    assert all(not torch.equal(ends[0][name], start[name]) for name in head), "the head did not train"
+    still = sorted(name for name in backbone if torch.equal(ends[1][name], ends[0][name]))
+    assert not still, f"{len(still)} of {len(backbone)} backbone parameters did not move once unfrozen: {still[:5]}"

@@ -15,7 +15,16 @@ import timm
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.nn import functional as F
-from train_helpers import CSV_ONLY, PRETRAINED, ROOT, SCRATCH, fit_options, fused_sample, logged
+from train_helpers import (
+    CSV_ONLY,
+    PRETRAINED,
+    ROOT,
+    SCRATCH,
+    assert_head_only_then_everything_trains,
+    fit_options,
+    fused_sample,
+    logged,
+)
 
 from catdog import CLASSES
 from catdog.cli import main
@@ -203,6 +212,47 @@ def test_pretrained_config_with_a_local_weights_file(fused_dataset: Path, tmp_pa
     weights.unlink()  # the checkpoint holds every weight: testing needs no weights file
     assert main(["test", *tiny(fused_dataset, run_dir, pretrained=True), "--ckpt_path", "best"]) == 0
     assert read_metrics(run_dir / "metrics.json").pretrained is True
+
+
+class ParameterWatch(Callback):
+    """Every network parameter before training and at the end of each epoch, and those that train in each epoch."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, torch.Tensor] = {}
+        self.ends: list[dict[str, torch.Tensor]] = []
+        self.trainable: list[set[str]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = {name: p.detach().clone() for name, p in pl_module.network.named_parameters()}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:  # noqa: ANN001
+        if batch_idx == 0:  # after the module's own on_train_epoch_start has frozen or unfrozen
+            self.trainable.append({name for name, p in pl_module.network.named_parameters() if p.requires_grad})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ends.append({name: p.detach().clone() for name, p in pl_module.network.named_parameters()})
+
+
+def test_pretrained_config_trains_the_head_first_then_the_whole_network(fused_dataset: Path, tmp_path: Path) -> None:
+    """``freeze_backbone_epochs: 1`` of configs/pretrained.yaml, run past the frozen epoch."""
+    weights = tmp_path / "test_efficientnet.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_efficientnet", pretrained=False).state_dict(), weights)  # 1000 classes
+    options = tiny(fused_dataset, tmp_path / "run", "--model.pretrained_file", str(weights), "--model.model_name",
+                   "test_efficientnet", "--trainer.max_epochs", "2", pretrained=True)  # fmt: skip
+    cli = CatDogCLI(CatDogClassifier, CatDogDataModule, args=options, run=False, seed_everything_default=42)
+    assert cli.model.hparams.freeze_backbone_epochs == 1  # from the config, not set here
+    watch = ParameterWatch()
+    cli.trainer.callbacks.append(watch)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert len(watch.ends) == 2
+    network = cli.model.network
+    head_ids = {id(p) for p in network.get_classifier().parameters()}
+    head = {name for name, p in network.named_parameters() if id(p) in head_ids}
+    assert_head_only_then_everything_trains(watch.start, watch.ends, watch.trainable, head)
+    saved = torch.load(weights, weights_only=True)  # the backbone started from the file (the head is new)
+    for name in set(watch.start) - head:
+        torch.testing.assert_close(watch.start[name], saved[name], rtol=0, atol=0, msg=name)
 
 
 def test_missing_pretrained_weights_is_a_clear_error(
