@@ -214,3 +214,16 @@ def test_the_image_compose_and_manifests_listen_on_every_interface() -> None:
     assert compose["services"]["catdog"]["environment"]["CATDOG_HOST"] == "0.0.0.0"
     assert resource("ConfigMap")["data"]["CATDOG_HOST"] == "0.0.0.0"
     assert next(opt for opt in OPTIONS if opt.flag == "--host").default == "127.0.0.1"
+
+
+def test_compose_runs_the_image_under_the_pods_constraints() -> None:
+    """compose.yaml (which scripts/container-check runs under podman) holds the pod's constraints."""
+    service = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["catdog"]
+    pod = resource("Deployment")["spec"]["template"]["spec"]
+    container = serve_container()
+    tmpdir = {item["name"]: item.get("value") for item in container["env"]}["TMPDIR"]
+    assert service["read_only"] is True and container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert service["tmpfs"] == [tmpdir]
+    assert service["user"] == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert service["cap_drop"] == container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
