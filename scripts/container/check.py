@@ -575,9 +575,9 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
 def _check_pod_constraints(podman: str, container: str) -> None:
     """The container ran (and served, scraped) as the Kubernetes pod does: read-only root, tmpfs, no capability."""
     config = json.loads(sh([podman, "inspect", container]).stdout)[0]["HostConfig"]
-    caps = config.get("CapAdd") or []
-    log(f"  read-only root {config.get('ReadonlyRootfs')}, tmpfs {sorted(config.get('Tmpfs') or {})}, added caps {caps}")
-    if not config.get("ReadonlyRootfs") or "/tmp" not in (config.get("Tmpfs") or {}) or caps:
+    caps, tmpfs = config.get("CapAdd") or [], sorted(config.get("Tmpfs") or {})
+    log(f"  read-only root {config.get('ReadonlyRootfs')}, tmpfs {tmpfs}, added capabilities {caps}")
+    if not config.get("ReadonlyRootfs") or "/tmp" not in tmpfs or caps:
         raise CheckFailed(f"the container does not run under the pod's constraints: {config}")
     probe = sh([podman, "exec", container, "sh", "-c", "touch /home/catdog/x"], check=False, quiet=True)
     if probe.returncode == 0:
