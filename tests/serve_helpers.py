@@ -92,13 +92,22 @@ class Server:
 
 
 def start_server(
-    args: list[str], log: Path, no_torch_path: str, env: dict[str, str] | None = None, timeout: float = 120
+    args: list[str],
+    log: Path,
+    no_torch_path: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    host: str | None = "127.0.0.1",
 ) -> Server:
-    """``catdog serve ARGS`` on a free port of 127.0.0.1, once ``/health`` answers 200."""
+    """``catdog serve ARGS`` on a free port of 127.0.0.1, once ``/health`` answers 200.
+
+    ``host=None`` passes no ``--host`` (the server's default address must be 127.0.0.1).
+    """
     port = free_port()
     environ = {**os.environ, "PYTHONPATH": no_torch_path, **(env or {})}
+    host_args = ["--host", host] if host is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "catdog", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, "-m", "catdog", "serve", *host_args, "--port", str(port), *args],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=environ,
@@ -120,9 +129,11 @@ def start_server(
 
 
 @contextmanager
-def served(args: list[str], log: Path, no_torch_path: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def served(
+    args: list[str], log: Path, no_torch_path: str, env: dict[str, str] | None = None, host: str | None = "127.0.0.1"
+) -> Iterator[Server]:
     """:func:`start_server`, then :func:`stop` when the block ends."""
-    server = start_server(args, log, no_torch_path, env)
+    server = start_server(args, log, no_torch_path, env, host=host)
     try:
         yield server
     finally:

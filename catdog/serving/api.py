@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import litserve as ls
 import numpy as np
-from fastapi import Depends
+from fastapi import Depends, Request
 from litserve.loops.simple_loops import BatchedLoop, SingleLoop
 
 from catdog.data.transforms import normalize
@@ -96,6 +96,14 @@ class OnnxClassifierAPI(ls.LitAPI):
             self.model.config.image_size,
             self.max_batch_size,
         )
+
+    def authorize(self, request: Request) -> None:
+        """LitServe's authorization hook (a FastAPI dependency of the endpoint, run in the HTTP processes).
+
+        Runs before the body is read; the keys live in the app's state, never in this object (which
+        travels to the inference workers).
+        """
+        request.app.state.catdog_keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
     def decode_request(self, request: Annotated[np.ndarray, Depends(read_image)]) -> np.ndarray:
         """uint8 (size, size, 3) from :func:`read_image` -> normalised float32 (3, size, size)."""

@@ -1,7 +1,8 @@
-"""Server assembly for ``catdog serve``: the LitServer, ``GET /health``, extra routes, and running it.
+"""Server assembly for ``catdog serve``: the LitServer, its middleware and routes, and running it.
 
 Extension points: :func:`callbacks` returns the LitServe callbacks the server is built with, and
-:func:`mount_extras` adds routes beyond ``/predict/<name>`` and ``/health`` (e.g. ``/metrics`` or a page
+:func:`mount_extras` adds routes beyond ``/predict/<name>`` and the state endpoints of
+:mod:`catdog.serving.health` (e.g. ``/metrics`` or a page
 at ``/``). Both are called once by :func:`build_server`, in the main process, before any HTTP server
 process is forked. ``server.app.state.catdog_restarts`` is the :class:`RestartCounter` of worker and HTTP
 server restarts (shared memory, readable from the HTTP processes, e.g. for metrics).
@@ -17,17 +18,18 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import litserve as ls
 import uvicorn
-from fastapi.responses import JSONResponse
 from litserve.server import _Server as LitServeUvicorn
 
 from catdog import CatDogError
-from catdog.serving import metrics, page
+from catdog.serving import health, metrics, page
+from catdog.serving.access import Admission, ApiKeys, QueueDepth
 from catdog.serving.api import OnnxClassifierAPI
-from catdog.serving.http import Deadline, ExpiringBuffer, Limits, error_response, install_error_handlers
+from catdog.serving.http import Deadline, ExpiringBuffer, Limits, install_error_handlers
 from catdog.serving.models import ServedModel
 from catdog.serving.supervise import RestartCounter, Supervisor
 
@@ -82,51 +84,67 @@ class CatDogServer(ls.LitServer):
         return process
 
 
-def build_server(
-    models: Sequence[ServedModel],
-    max_batch_size: int = 8,
-    batch_timeout: float = 0.01,
-    workers: int = 1,
-    threads: int = 0,
-    max_upload_mb: float = 10.0,
-    max_image_pixels: int = 40_000_000,
-    timeout: float = 30.0,
-    log_level: str = "info",
-    max_restarts: int = 5,
-) -> CatDogServer:
-    """A :class:`CatDogServer` with one :class:`OnnxClassifierAPI` per model (not started)."""
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``catdog serve`` batches, bounds and guards requests (the command-line options, in one value)."""
+
+    max_batch_size: int = 8
+    batch_timeout: float = 0.01
+    workers: int = 1
+    threads: int = 0
+    max_upload_mb: float = 10.0
+    max_image_pixels: int = 40_000_000
+    timeout: float = 30.0
+    log_level: str = "info"
+    max_restarts: int = 5
+    max_queue: int = 0  # requests of one model in the server at once; 0: no bound
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
+
+    def check(self) -> None:
+        """:class:`CatDogError` naming the options whose values cannot work."""
+        if self.max_batch_size < 1 or self.batch_timeout < 0 or self.workers < 1:
+            raise CatDogError("--max-batch-size and --workers must be >= 1, --batch-timeout >= 0")
+        if self.max_upload_mb <= 0 or self.max_image_pixels < 1:
+            raise CatDogError("--max-upload-mb and --max-image-pixels must be > 0")
+        if self.timeout <= 0 or self.max_restarts < 0 or self.max_queue < 0:
+            raise CatDogError("--timeout must be > 0, --max-restarts and --max-queue >= 0 (--max-queue 0: no bound)")
+
+
+def build_server(models: Sequence[ServedModel], settings: ServeSettings | None = None, **options: Any) -> CatDogServer:
+    """A :class:`CatDogServer` with one :class:`OnnxClassifierAPI` per model (not started).
+
+    ``options`` are :class:`ServeSettings` fields (``build_server(models, max_batch_size=1)``).
+    """
     if not models:
         raise CatDogError("no model to serve: pass --model NAME=PATH or set CATDOG_MODELS")
-    if max_batch_size < 1 or batch_timeout < 0 or workers < 1 or max_upload_mb <= 0 or max_image_pixels < 1:
-        raise CatDogError(
-            "--max-batch-size and --workers must be >= 1, --batch-timeout >= 0, --max-upload-mb and "
-            "--max-image-pixels > 0"
-        )
-    if timeout <= 0 or max_restarts < 0:
-        raise CatDogError("--timeout must be > 0 and --max-restarts >= 0")
-    apis = [OnnxClassifierAPI(m, max_batch_size, batch_timeout, threads, log_level) for m in models]
+    s = replace(settings or ServeSettings(), **options)
+    s.check()
+    apis = [OnnxClassifierAPI(m, s.max_batch_size, s.batch_timeout, s.threads, s.log_level) for m in models]
     server = CatDogServer(
         apis,
         accelerator="cpu",
-        workers_per_device=workers,
-        timeout=timeout,
+        workers_per_device=s.workers,
+        timeout=s.timeout,
         healthcheck_path="/health/litserve",
         callbacks=callbacks(models),
     )
-    restarts = RestartCounter([m.name for m in models])
-    server.supervisor = Supervisor(server, restarts, max_restarts=max_restarts)
+    names = [m.name for m in models]
+    restarts = RestartCounter(names)
+    server.supervisor = Supervisor(server, restarts, max_restarts=s.max_restarts)
     server.app.state.catdog = Limits(
         models={m.api_path: m for m in models},
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        max_image_pixels=max_image_pixels,
+        max_upload_bytes=int(s.max_upload_mb * 1024 * 1024),
+        max_image_pixels=s.max_image_pixels,
     )
     server.app.state.catdog_restarts = restarts  # read by /health (and by metrics)
+    server.app.state.catdog_keys = s.api_keys  # read by OnnxClassifierAPI.authorize
+    server.app.state.catdog_queue = depth = QueueDepth(names)  # read by Admission (and by metrics)
     server.uvicorn_graceful_timeout = 1  # seconds an HTTP process gets to finish at shutdown
     install_error_handlers(server.app, models)
-    pending = server.response_buffer = ExpiringBuffer(max_age=2 * timeout + 5)  # a handler waits `timeout` at most
-    names = [m.name for m in models]
-    server.app.add_middleware(Deadline, timeout=timeout, models=names, restarts=restarts, pending=pending)
-    server.app.add_api_route("/health", _health_route(server, models, workers, restarts), methods=["GET"])
+    pending = server.response_buffer = ExpiringBuffer(max_age=2 * s.timeout + 5)  # a handler waits `timeout` at most
+    server.app.add_middleware(Deadline, timeout=s.timeout, models=names, restarts=restarts, pending=pending)
+    server.app.add_middleware(Admission, models=names, max_queue=s.max_queue, depth=depth)  # outside the deadline
+    health.mount(server, models, s.workers, restarts, api_key=s.api_keys.required)
     mount_extras(server, models)
     return server
 
@@ -138,47 +156,13 @@ def callbacks(models: Sequence[ServedModel]) -> list[ls.Callback]:
 
 
 def mount_extras(server: ls.LitServer, models: Sequence[ServedModel]) -> None:
-    """Routes and middleware beyond ``/predict/<name>`` and ``/health``: ``GET /metrics`` and the page at ``/``.
+    """Routes and middleware beyond ``/predict/<name>`` and the state endpoints: ``GET /metrics``, the page at ``/``.
 
-    Called after the deadline middleware is added, so the metrics middleware sits outside it (and counts
-    the 503/504 answers it sends).
+    Called after the deadline and admission middleware are added, so the metrics middleware sits outside
+    them (and counts the 503/504 answers they send).
     """
     metrics.mount(server, models)
     page.mount(server)
-
-
-def model_states(server: ls.LitServer, models: Sequence[ServedModel], workers: int, restarts: RestartCounter) -> dict:
-    """Each model's state: ``ready`` (every worker loaded), ``starting``, ``restarting`` or ``failed``."""
-    from litserve.utils import WorkerSetupStatus
-
-    status = getattr(server, "workers_setup_status", None)
-    states = dict(status) if status is not None else {}
-    result = {}
-    for m in models:
-        values = [states.get(f"{m.name}_{i}") for i in range(workers)]
-        if all(v == WorkerSetupStatus.READY for v in values):
-            result[m.name] = "ready"
-        elif any(v == WorkerSetupStatus.ERROR for v in values):
-            result[m.name] = "failed"
-        else:
-            result[m.name] = "restarting" if restarts.model(m.name) else "starting"
-    return result
-
-
-def _health_route(server: ls.LitServer, models: Sequence[ServedModel], workers: int, restarts: RestartCounter) -> Any:
-    async def health() -> JSONResponse:
-        try:
-            states = model_states(server, models, workers, restarts)
-        except (OSError, EOFError):  # the manager process is gone; the supervisor is stopping the server
-            return error_response(503, "not_ready", "the server is stopping: its manager process is gone")
-        info = {m.name: {**m.describe(), "status": states[m.name], "restarts": restarts.model(m.name)} for m in models}
-        if all(state == "ready" for state in states.values()):
-            return JSONResponse({"status": "ok", "models": info, "http_server_restarts": restarts.http_servers()})
-        waiting = ", ".join(f"{name!r} is {state}" for name, state in states.items() if state != "ready")
-        body = {"error": "not_ready", "detail": f"model {waiting}", "models": info}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
-
-    return health
 
 
 class ServerFailure(CatDogError):
@@ -187,7 +171,7 @@ class ServerFailure(CatDogError):
 
 def run(
     server: CatDogServer,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     port: int = 8000,
     api_servers: int | None = None,
     log_level: str = "info",

@@ -44,7 +44,12 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "a model to serve at POST /predict/NAME, as NAME=PATH; repeat for several (the variable: NAME=PATH,NAME=PATH)",
     ),
-    Option("--host", "CATDOG_HOST", "0.0.0.0", "bind address: 0.0.0.0, 127.0.0.1 or ::"),
+    Option(
+        "--host",
+        "CATDOG_HOST",
+        "127.0.0.1",
+        "bind address: 127.0.0.1 (this machine only), 0.0.0.0 or :: (every interface: containers, other hosts)",
+    ),
     Option("--port", "CATDOG_PORT", "8000", "TCP port", int),
     Option(
         "--max-batch-size", "CATDOG_MAX_BATCH_SIZE", "8", "most requests per dynamic batch; 1 turns batching off", int
@@ -75,6 +80,27 @@ OPTIONS: tuple[Option, ...] = (
         "restarts of one model's dead workers (or of HTTP server processes) allowed in 10 minutes; one more "
         "stops the server with exit status 1",
         int,
+    ),
+    Option(
+        "--max-queue",
+        "CATDOG_MAX_QUEUE",
+        "0",
+        "requests of one model in the server at once (waiting or in inference); one more gets 503 with "
+        "Retry-After at once; 0 = no bound",
+        int,
+    ),
+    Option(
+        "--api-key",
+        "CATDOG_API_KEY",
+        "",
+        "require this key on POST /predict/NAME (Authorization: Bearer KEY or X-API-Key: KEY; 401 without); "
+        "several: KEY1,KEY2. Prefer the variable or --api-key-file: a command line is visible to other users",
+    ),
+    Option(
+        "--api-key-file",
+        "CATDOG_API_KEY_FILE",
+        "",
+        "a file of accepted API keys, one a line (e.g. a mounted Kubernetes Secret); adds to --api-key",
     ),
     Option("--log-level", "CATDOG_LOG_LEVEL", "info", "log level", str, ("debug", "info", "warning", "error")),
 )
@@ -129,8 +155,9 @@ def parse_model_specs(specs: Sequence[str]) -> list[tuple[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``catdog serve``: load and check every model, then serve until SIGTERM/SIGINT."""
+    from catdog.serving.access import load_api_keys
     from catdog.serving.api import configure_logging
-    from catdog.serving.app import ServerFailure, build_server, run
+    from catdog.serving.app import ServerFailure, ServeSettings, build_server, run
     from catdog.serving.models import load_model_info
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -145,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [load_model_info(name, path) for name, path in pairs]
     for m in models:
         logger.info("serving %s at %s (%d px)", m.path, m.api_path, m.config.image_size)
-    server = build_server(
-        models,
+    settings = ServeSettings(
         max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout,
         workers=args.workers,
@@ -156,7 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         log_level=args.log_level,
         max_restarts=args.max_restarts,
+        max_queue=args.max_queue,
+        api_keys=load_api_keys(args.api_key, args.api_key_file),
     )
+    if settings.api_keys.required:
+        logger.info("POST /predict/* requires an API key (%r)", settings.api_keys)
+    elif args.host != "127.0.0.1":
+        logger.warning("no API key set (--api-key): anyone who reaches %s:%d can use the models", args.host, args.port)
+    server = build_server(models, settings)
     try:
         return run(server, args.host, args.port, api_servers=args.api_servers or None, log_level=args.log_level)
     except ServerFailure as err:  # a runtime failure, not a usage error: exit status 1

@@ -22,6 +22,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from catdog.data.transforms import ImageDecodeError, ImageTooLargeError, PreprocessConfig, open_image, resize_and_crop
 from catdog.serving.models import ServedModel
@@ -31,6 +32,7 @@ logger = logging.getLogger("catdog.serve")
 #: The error code of a status when the raising code did not choose one.
 ERROR_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "upload_too_large",
@@ -56,9 +58,9 @@ class Limits:
     max_image_pixels: int
 
 
-def client_error(status: int, code: str, detail: str) -> HTTPException:
+def client_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
     """An :class:`HTTPException` that the error handlers turn into ``{"error": code, "detail": detail}``."""
-    return HTTPException(status_code=status, detail={"error": code, "detail": detail})
+    return HTTPException(status_code=status, detail={"error": code, "detail": detail}, headers=headers)
 
 
 def error_response(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -104,13 +106,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, stopping with 413 as soon as it exceeds ``limit`` bytes (chunked uploads too)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise client_error(
-                413, "upload_too_large", f"the upload is larger than the limit of {limit} bytes (--max-upload-mb)"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise client_error(
+                    413, "upload_too_large", f"the upload is larger than the limit of {limit} bytes (--max-upload-mb)"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # no one to answer; counted in /metrics, not logged as a server failure
+        raise client_error(400, "client_disconnected", "the client closed the connection during the upload") from None
     return b"".join(chunks)
 
 

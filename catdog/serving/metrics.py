@@ -11,8 +11,11 @@ Where each figure is measured:
 * :class:`RequestMetrics`, ASGI middleware outside every other one (the deadline middleware's own 503/504
   answers included): requests by model and status code, their latency, and every JSON error by its code;
 * :class:`InferenceMetrics`, a LitServe callback in the inference workers: batch sizes and inference time;
-* :class:`ServerStateCollector`, read at each scrape: models loaded (with their checkpoint sha256) and worker
-  and HTTP server restarts (the supervisor's shared counts).
+* :class:`ServerStateCollector`, read at each scrape: models loaded (with their checkpoint sha256), worker
+  and HTTP server restarts (the supervisor's shared counts) and each model's queue depth.
+
+Refused requests are counted like any other answer: ``401`` with error ``unauthorized`` (no or a wrong API
+key), ``503`` with error ``overloaded`` (past ``--max-queue``).
 
 prometheus_client is imported only once the directory is set (it chooses its mode on import).
 """
@@ -33,6 +36,7 @@ from typing import Any
 
 import litserve as ls
 
+from catdog.serving.health import model_states
 from catdog.serving.models import ServedModel
 
 logger = logging.getLogger("catdog.serve")
@@ -198,8 +202,6 @@ class ServerStateCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from catdog.serving.app import model_states
-
         restarts = self.server.app.state.catdog_restarts
         try:
             states = model_states(self.server, self.models, self.server.workers_per_device, restarts)
@@ -220,7 +222,15 @@ class ServerStateCollector:
         http_restarts = CounterMetricFamily(
             "catdog_http_server_restarts", "HTTP server processes replaced after they died", restarts.http_servers()
         )
-        yield from (loaded, worker_restarts, http_restarts)
+        queue = self.server.app.state.catdog_queue
+        depth = GaugeMetricFamily(
+            "catdog_queue_depth",
+            "Requests of the model in the server now (arrived, not yet answered; --max-queue bounds it)",
+            labels=["model"],
+        )
+        for m in self.models:
+            depth.add_metric([m.name], queue.depth(m.name))
+        yield from (loaded, worker_restarts, http_restarts, depth)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ Run it through ``scripts/container-check`` (which picks the project's Python). S
 6. Over the mapped port: ``/health``, both predict endpoints with a JPEG upload and a raw PNG body (the
    answers must equal onnxruntime on the host), three bad uploads (4xx JSON, server still healthy),
    ``GET /`` (the page) and ``GET /metrics`` (the requests and errors counted exactly as sent, both models
-   loaded), ``podman healthcheck run``, no process runs as root, no torch, pandas or compiler in the image.
-7. SIGTERM (``podman kill --signal TERM``): the server exits 0 within :data:`STOP_LIMIT_S` (serving.md: "within about
-   a second"), timed from podman's kill event to its died event; then ``podman-compose down`` leaves no
+   loaded), ``podman healthcheck run``, no process runs as root, the container runs under the Kubernetes
+   pod's constraints (compose.yaml: read-only root filesystem, tmpfs at /tmp, uid 10001, no capability),
+   no torch, pandas or compiler in the image.
+7. SIGTERM (``podman kill --signal TERM``): the server exits 0 within :data:`STOP_LIMIT_S` (docs/serving.md: "within
+   about a second"), timed from podman's kill event to its died event; then ``podman-compose down`` leaves no
    container, pod or network.
 
 Exit status: 0 passed, 1 failed, 77 skipped (podman unavailable here; the reason is printed).
@@ -531,6 +533,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             log(f"  processes: {len(top)}, users: {sorted(users)}")
             if not top or "root" in users or "0" in users:
                 raise CheckFailed("a process in the container runs as root:\n" + "\n".join(top))
+            _check_pod_constraints(podman, container)
 
         with step("SIGTERM", timings):
             # The container's init forwards the signal to catdog serve, which must stop its workers and exit 0.
@@ -567,6 +570,21 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     facts["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     return facts
+
+
+def _check_pod_constraints(podman: str, container: str) -> None:
+    """The container ran (and served, scraped) as the Kubernetes pod does: read-only root, tmpfs, no capability."""
+    config = json.loads(sh([podman, "inspect", container]).stdout)[0]["HostConfig"]
+    caps, tmpfs = config.get("CapAdd") or [], sorted(config.get("Tmpfs") or {})
+    log(f"  read-only root {config.get('ReadonlyRootfs')}, tmpfs {tmpfs}, added capabilities {caps}")
+    if not config.get("ReadonlyRootfs") or "/tmp" not in tmpfs or caps:
+        raise CheckFailed(f"the container does not run under the pod's constraints: {config}")
+    probe = sh([podman, "exec", container, "sh", "-c", "touch /home/catdog/x"], check=False, quiet=True)
+    if probe.returncode == 0:
+        raise CheckFailed("the container's root filesystem is writable")
+    effective = sh([podman, "exec", container, "grep", "CapEff", "/proc/1/status"], quiet=True).stdout.split()[-1]
+    if int(effective, 16) != 0:
+        raise CheckFailed(f"the container's processes hold capabilities (CapEff {effective})")
 
 
 def _stop_seconds(podman: str, container: str, since: float) -> float | None:
