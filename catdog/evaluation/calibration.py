@@ -97,6 +97,7 @@ class Calibration:
     val_before: dict[str, float]
     val_after: dict[str, float]
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
 
     @property
     def map(self) -> CalibrationMap:
@@ -212,7 +213,7 @@ def calibrate_run(
         cmap = fit(predictions, method, min_images)
     except CatDogError as err:
         raise CatDogError(f"{source}: {err}") from err
-    labels = predictions.labels
+    labels, checkpoint = predictions.labels, _tested_checkpoint(run)
     calibration = Calibration(
         method=cmap.method,
         parameters=cmap.parameters(),
@@ -225,7 +226,8 @@ def calibrate_run(
         n_dogs=int(labels.sum()),
         val_before=summary(predictions.score()),
         val_after=summary(Predictions(predictions.files, labels, cmap.apply(predictions.p_dog)).score()),
-        checkpoint=_tested_checkpoint(run),
+        checkpoint=checkpoint,
+        checkpoint_sha256=file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
     )
     (run / CALIBRATION_FILENAME).write_text(json.dumps(asdict(calibration), indent=2) + "\n")
     return calibration
