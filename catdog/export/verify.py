@@ -130,20 +130,25 @@ def explain_disagreement(network: nn.Module, images: Any, onnx_output: np.ndarra
         peak = max(peaks, key=peaks.__getitem__)
         where = f" Its activations reach {peaks[peak]:.3g} (at {peak!r})"
         where += f"; its float32 error passes {LOST_TO_ROUNDING:g} relative at {lost[0]!r}." if lost else "."
-    misfit = next(((name, z) for name, z in zscores.items() if z > BN_MISFIT_Z), None)
-    batchnorm = ""
-    if misfit is not None:
-        largest = max(zscores, key=zscores.__getitem__)
-        batchnorm = (
-            f" BatchNorm layer {misfit[0]!r} is the first whose eval inputs lie {misfit[1]:.3g} running standard "
-            f"deviations (RMS) from its running mean, {zscores[largest]:.3g} at {largest!r}: its running "
-            "statistics do not describe the eval-mode activations (typically estimated on too few images, or "
-            "left from too few training steps)."
-        )
     return (
         f"The network is numerically ill-conditioned: on image {index} of that random batch, float32 torch itself "
         f"is {torch_off:.3g} away from float64 torch (onnxruntime: {onnx_off:.3g}), so no float32 "
-        f"runtime can reproduce its answers.{where}{batchnorm} Train on more images or for longer before exporting."
+        f"runtime can reproduce its answers.{where}{_batchnorm_misfit(zscores)} Train on more images or for longer "
+        "before exporting."
+    )
+
+
+def _batchnorm_misfit(zscores: dict[str, float]) -> str:
+    """A sentence naming the first BatchNorm layer whose running statistics misdescribe its input ('' if none)."""
+    misfit = next(((name, z) for name, z in zscores.items() if z > BN_MISFIT_Z), None)
+    if misfit is None:
+        return ""
+    largest = max(zscores, key=zscores.__getitem__)
+    return (
+        f" BatchNorm layer {misfit[0]!r} is the first whose eval inputs lie {misfit[1]:.3g} running standard "
+        f"deviations (RMS) from its running mean, {zscores[largest]:.3g} at {largest!r}: its running "
+        "statistics do not describe the eval-mode activations (typically estimated on too few images, or "
+        "left from too few training steps)."
     )
 
 
