@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("catdog.training.cli:main", "Test a checkpoint and write metrics.json (LightningCLI)."),
     "predict": ("catdog.training.cli:main", "Predict with a checkpoint (LightningCLI)."),
     "poutyne": ("catdog.poutyne.trainer:main", "Train and test with the Poutyne parity trainer."),
+    "calibrate": (
+        "catdog.calibration:main",
+        "Fit a calibration map (temperature or Platt) on a run's validation predictions.",
+    ),
     "export": ("catdog.export.onnx:main", "Export checkpoints to self-describing ONNX files."),
     "serve": ("catdog.serving.cli:main", "Serve ONNX models over HTTP with LitServe."),
     "report": ("catdog.evaluation.report.command:main", "Collect metrics.json files into a results table and plots."),

@@ -9,7 +9,8 @@ Steps, each a real ``catdog`` command (printed before it runs, so it can be copi
 3. ``catdog fit`` + ``catdog test`` with ``configs/scratch.yaml``, then ``configs/pretrained.yaml`` when
    pretrained weights are available offline (``--pretrained-file``, ``$CATDOG_PRETRAINED_FILE`` or the
    timm/Hugging Face cache); otherwise the pretrained model is skipped with a message saying why;
-4. ``catdog export``: ``models/<name>.onnx``;
+4. ``catdog calibrate`` (a map fitted on each run's validation predictions) and ``catdog export``:
+   ``models/<name>.onnx``, calibrated;
 5. ``catdog serve`` on a free local port; one generated cat and one generated dog (of a breed kept out
    of training) are posted to every ``/predict/<name>`` endpoint and the answers printed;
 6. ``catdog report``: the results table (``results.md``) and plots; then the server is stopped.
@@ -222,7 +223,8 @@ def run_demo(args: argparse.Namespace) -> int:
         demo.say(f"pretrained weights: {weights or 'the timm/Hugging Face cache'} ({weights_source})")
     checkpoints = train_and_test(demo, args, configs, models)
     number = 3 + len(models)
-    with demo.stage(f"{number}. export ONNX"):
+    with demo.stage(f"{number}. calibrate on validation, export ONNX"):
+        demo.catdog("calibrate", *(demo.path("runs", name) for name in checkpoints), "--skip-unfit")
         ckpt_args = [arg for n, p in checkpoints.items() for arg in ("--ckpt", f"{n}={p}")]
         demo.catdog("export", *ckpt_args, "--out-dir", demo.path("models"))
     onnx_files = {name: demo.path("models", f"{name}.onnx") for name in checkpoints}

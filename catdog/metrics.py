@@ -1,8 +1,9 @@
 """Every number the project reports, computed one way: from saved predictions, torch-free.
 
 Each trainer (Lightning, Poutyne, Keras) writes ``predictions.csv`` for the test split (``file``:
-path relative to the dataset root, ``label``: 0 cat / 1 dog, ``p_dog``: P(dog) at full precision),
-then :func:`run_metrics_from_predictions` turns it into the ``metrics.json`` row (schema
+path relative to the dataset root, ``label``: 0 cat / 1 dog, ``p_dog``: P(dog) at full precision), and
+``val_predictions.csv`` the same way for the validation split (what ``catdog calibrate`` fits on), then
+:func:`run_metrics_from_predictions` turns the test file into the ``metrics.json`` row (schema
 :class:`RunMetrics`) with :func:`score`. The report reads only these files, so every row of the
 results table comes from the same function. A prediction is "dog" when ``p_dog > 0.5``.
 """
@@ -23,11 +24,16 @@ from catdog import CLASSES, CatDogError
 
 METRICS_FILENAME = "metrics.json"
 PREDICTIONS_FILENAME = "predictions.csv"
+#: The same rows for the validation images, written by the trainers for the checkpoint they test
+#: (what ``catdog calibrate`` fits on: never the test split).
+VAL_PREDICTIONS_FILENAME = "val_predictions.csv"
 PREDICTION_COLUMNS = ("file", "label", "p_dog")
 #: P(dog) above this is a "dog" prediction (ties go to cat, as ``argmax`` of two equal logits does).
 THRESHOLD = 0.5
 #: Equal-width confidence bins of the expected calibration error.
 ECE_BINS = 10
+#: Probabilities are clipped to [EPS, 1 - EPS] in the log loss (as scikit-learn's ``log_loss`` does).
+EPS = 1e-15
 FRAMEWORKS = ("lightning", "poutyne", "keras")
 
 
@@ -132,6 +138,8 @@ class Scores:
     ece: float
     confusion_matrix: list[list[int]]
     n: int
+    nll: float
+    brier: float
 
     def collapse_warning(self) -> str | None:
         """A sentence when the predictions look collapsed onto one class although they rank well.
@@ -188,6 +196,22 @@ def expected_calibration_error(
     return float(total / len(labels))
 
 
+def log_loss(labels: Sequence[int] | np.ndarray, p_dog: Sequence[float] | np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (natural log; P clipped to [EPS, 1 - EPS])."""
+    labels = np.asarray(labels, dtype=np.int64)
+    p = np.clip(np.asarray(p_dog, dtype=np.float64), EPS, 1.0 - EPS)
+    if len(labels) == 0:
+        return 0.0
+    return float(-np.mean(np.where(labels == 1, np.log(p), np.log1p(-p))))
+
+
+def brier_score(labels: Sequence[int] | np.ndarray, p_dog: Sequence[float] | np.ndarray) -> float:
+    """Mean squared difference between P(dog) and the label (0 cat, 1 dog)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    p_dog = np.asarray(p_dog, dtype=np.float64)
+    return float(np.mean((p_dog - labels) ** 2)) if len(labels) else 0.0
+
+
 def reliability_curve(
     labels: Sequence[int] | np.ndarray, p_dog: Sequence[float] | np.ndarray, bins: int = ECE_BINS
 ) -> list[tuple[float, float, int]]:
@@ -206,7 +230,8 @@ def reliability_curve(
 
 
 def score(labels: Sequence[int] | np.ndarray, p_dog: Sequence[float] | np.ndarray) -> Scores:
-    """Accuracy, balanced accuracy, F1 (dog is positive), exact AUROC, ECE and the confusion matrix."""
+    """Accuracy, balanced accuracy, F1 (dog is positive), exact AUROC, ECE, log loss, Brier score and the
+    confusion matrix."""
     labels = np.asarray(labels, dtype=np.int64)
     p_dog = np.asarray(p_dog, dtype=np.float64)
     if len(labels) == 0:
@@ -231,16 +256,23 @@ def score(labels: Sequence[int] | np.ndarray, p_dog: Sequence[float] | np.ndarra
         ece=expected_calibration_error(labels, p_dog),
         confusion_matrix=matrix,
         n=len(labels),
+        nll=log_loss(labels, p_dog),
+        brier=brier_score(labels, p_dog),
     )
 
 
 def write_predictions(
-    files: Sequence[str], labels: Sequence[int], p_dog: Sequence[float], run_dir: str | os.PathLike[str]
+    files: Sequence[str],
+    labels: Sequence[int],
+    p_dog: Sequence[float],
+    run_dir: str | os.PathLike[str],
+    filename: str = PREDICTIONS_FILENAME,
 ) -> Path:
-    """Write ``<run_dir>/predictions.csv`` (file, label, p_dog at full precision) and return its path."""
+    """Write ``<run_dir>/<filename>`` (file, label, p_dog at full precision; ``predictions.csv`` for the test
+    split, :data:`VAL_PREDICTIONS_FILENAME` for the validation split) and return its path."""
     if not len(files) == len(labels) == len(p_dog):
         raise ValueError(f"{len(files)} files, {len(labels)} labels and {len(p_dog)} probabilities")
-    path = Path(run_dir) / PREDICTIONS_FILENAME
+    path = Path(run_dir) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -15,7 +15,7 @@ applied to the training split only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Splits:
     val_files: list[str]
     test_files: list[str]
     test_labels: list[int]
+    val_labels: list[int] = field(default_factory=list)
 
     @property
     def train_count(self) -> int:
@@ -154,6 +155,7 @@ def load_splits(
         val_files=[relative_name(p, root) for p in split.val_paths],
         test_files=[relative_name(p, root) for p in test_paths],
         test_labels=list(test_labels),
+        val_labels=list(split.val_labels),
     )
 
 

@@ -8,6 +8,7 @@ A run directory (default ``runs/keras/<model>``) holds::
     history.csv              Keras CSVLogger, one row per epoch
     val_files.txt            the validation images (a catdog.data.splits file list)
     predictions.csv          test split: file (relative to the dataset root), label, P(dog)
+    val_predictions.csv      validation split, same weights and format (what ``catdog calibrate`` fits on)
     metrics.json             computed from predictions.csv by catdog.metrics (framework "keras")
     run.json                 what was trained and how (read back by ``evaluate``)
 """
@@ -24,7 +25,14 @@ import keras
 
 from catdog import CLASSES, CatDogError
 from catdog.data.splits import write_file_list
-from catdog.metrics import RunMetrics, run_metrics_from_predictions, write_metrics, write_predictions
+from catdog.metrics import (
+    PREDICTIONS_FILENAME,
+    VAL_PREDICTIONS_FILENAME,
+    RunMetrics,
+    run_metrics_from_predictions,
+    write_metrics,
+    write_predictions,
+)
 from keras_baselines import DEFAULT_BN_MOMENTUM, DEFAULT_BN_RECALIBRATION_BATCHES, DEFAULT_BN_RECALIBRATION_STEPS
 from keras_baselines import data as data_lib
 from keras_baselines.callbacks import BEST_CHECKPOINT, CHECKPOINTS_DIRNAME, make_callbacks
@@ -78,15 +86,23 @@ def _check_config(config: TrainConfig) -> None:
         raise CatDogError(f"--steps-per-epoch must be a positive integer, got {config.steps_per_epoch}")
 
 
-def predict_test(model: Any, test: Any, files: list[str], labels: list[int], run_dir: str | Path) -> Path:
-    """Predict the unshuffled ``test`` pipeline and write ``<run_dir>/predictions.csv`` (file, label, P(dog)).
+def predict_test(
+    model: Any,
+    test: Any,
+    files: list[str],
+    labels: list[int],
+    run_dir: str | Path,
+    filename: str = PREDICTIONS_FILENAME,
+) -> Path:
+    """Predict the unshuffled ``test`` pipeline and write ``<run_dir>/predictions.csv`` (file, label, P(dog));
+    ``filename`` :data:`VAL_PREDICTIONS_FILENAME` for the validation pipeline.
 
     ``files[i]`` and ``labels[i]`` belong to the pipeline's i-th image.
     """
     p_dog = dog_probability(model.predict(test, verbose=0))
     if len(p_dog) != len(files):
-        raise RuntimeError(f"{len(p_dog)} predictions for {len(files)} test files")
-    return write_predictions(files, labels, p_dog, run_dir)
+        raise RuntimeError(f"{len(p_dog)} predictions for {len(files)} files")
+    return write_predictions(files, labels, p_dog, run_dir, filename)
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -136,9 +152,9 @@ def train(config: TrainConfig) -> RunMetrics:
     epochs_run, train_seconds = _fit(model, spec, splits, run_dir, config)
 
     checkpoint = run_dir / CHECKPOINTS_DIRNAME / BEST_CHECKPOINT
-    predictions = predict_test(
-        keras.saving.load_model(checkpoint), splits.test, splits.test_files, splits.test_labels, run_dir
-    )
+    best = keras.saving.load_model(checkpoint)
+    predictions = predict_test(best, splits.test, splits.test_files, splits.test_labels, run_dir)
+    predict_test(best, splits.val, splits.val_files, splits.val_labels, run_dir, VAL_PREDICTIONS_FILENAME)
     info = _run_info(config, spec, splits, epochs_run, train_seconds, checkpoint)
     (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     metrics = run_metrics_from_predictions(

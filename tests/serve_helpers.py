@@ -211,7 +211,7 @@ def assert_matches(
     assert response.status_code == 200, response.text
     body = response.json()
     expected = model.probabilities(image) if expected is None else expected
-    assert set(body) == {"model", "label", "class_id", "probabilities"}
+    assert set(body) == {"model", "label", "class_id", "probabilities", "calibrated"}
     assert body["model"] == model.name
     assert list(body["probabilities"]) == ["Cat", "Dog"]
     served = np.array([body["probabilities"]["Cat"], body["probabilities"]["Dog"]])

@@ -51,7 +51,7 @@ def test_demo_runs_the_whole_pipeline(
 
     # Every step ran the real command, in order.
     commands = re.findall(r"^\$ catdog (\S+)", out, flags=re.MULTILINE)
-    assert commands == ["sample-data", "fuse", "fit", "test", "export", "serve", "report"]
+    assert commands == ["sample-data", "fuse", "fit", "test", "calibrate", "export", "serve", "report"]
     for split in ("train", "test"):
         for label in ("cat", "dog"):
             assert any((workdir / "dataset" / split / label).glob("*.jpg"))
@@ -63,6 +63,13 @@ def test_demo_runs_the_whole_pipeline(
     assert scratch.pretrained is False and scratch.epochs == best["epoch"] + 1 <= 3
     assert sum(map(sum, scratch.confusion_matrix)) > 0
     assert (workdir / "models" / "scratch.onnx").stat().st_size > 1_000_000
+    # calibrated on its validation predictions when they allow a fit, and the file says which
+    calibrated = (workdir / "runs" / "scratch" / "calibration.json").is_file()
+    assert calibrated or "scratch: left uncalibrated: " in out
+    from catdog.export.onnx import read_onnx_metadata
+
+    meta = read_onnx_metadata(workdir / "models" / "scratch.onnx")
+    assert (meta["calibration"] != "none") == calibrated
 
     # One cat and one dog sent to each endpoint, every answer well formed.
     answers = [json.loads(body) for body in re.findall(r"^  200 (\{.*\})$", out, flags=re.MULTILINE)]

@@ -18,12 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "catdog"
 
 #: Import cycles still being taken apart elsewhere. To be removed: empty this once they are gone.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"catdog.evaluation.report.command", "catdog.evaluation.report.sections"}),
-    frozenset({"catdog.serving.app", "catdog.serving.metrics"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 #: Files over the size limits that are being split elsewhere. To be removed: empty this once they are split.
-KNOWN_LONG_FILES = {"catdog/export/onnx.py", "catdog/demo.py"}
+KNOWN_LONG_FILES = {"catdog/demo.py"}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
@@ -32,7 +29,7 @@ MAX_FUNCTION_LINES = 60
 #: ``catdog.callbacks``, ``catdog.serve``) sit at the top, with the command.
 LAYERS = [
     ["catdog"],
-    ["catdog.utils catdog.config_files catdog.metrics"],
+    ["catdog.utils catdog.config_files catdog.metrics catdog.calibration"],
     ["catdog.data"],
     ["catdog.training"],
     ["catdog.poutyne", "catdog.export"],
@@ -246,6 +243,7 @@ def test_serving_and_torch_free_commands_import_no_torch() -> None:
         "catdog.evaluation.report.command",
         "catdog.config_files",
         "catdog.metrics",
+        "catdog.calibration",
         "catdog.export.runtime",
         "catdog.cli",
     ]

@@ -16,10 +16,12 @@ size is the one in the metadata). The file is one self-contained ``.onnx`` (weig
 (:meth:`catdog.data.transforms.PreprocessConfig.to_metadata`), the model name and the checkpoint's sha256.
 Every export is verified before it replaces the output file: ``onnx.checker`` and onnxruntime against
 torch on a random batch (max abs difference ``<= atol``, 1e-4 by default); otherwise :class:`ExportError`,
-whose message says why (:func:`explain_disagreement`): torch not deterministic, the exported graph computing
-something else, or a numerically ill-conditioned network (float32 torch itself far from float64 torch, with
-the layer where its error grows and the first BatchNorm layer whose inputs its statistics do not describe).
-``--quantize int8`` also writes ``NAME.int8.onnx`` beside each file (:mod:`catdog.export.quantize`).
+whose message says why (:mod:`catdog.export.verify`).
+The run's ``calibration.json`` (``catdog calibrate``, fitted on validation predictions) is baked into the graph
+so the served probabilities are calibrated (:mod:`catdog.export.calibrated`; ``--uncalibrated`` leaves it out);
+the metadata key ``calibration`` says which map, fitted on which file (its sha256).
+``--quantize int8`` also writes ``NAME.int8.onnx`` beside each file (:mod:`catdog.export.quantize`), with the
+same map.
 """
 
 from __future__ import annotations
@@ -33,22 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from catdog import DISPLAY_NAMES, CatDogError, __version__
+from catdog.calibration import CALIBRATION_FILENAME, Calibration, read_calibration
 from catdog.data.transforms import PreprocessConfig
+from catdog.export.calibrated import append_to_graph, calibrated_network, calibration_metadata
+from catdog.export.verify import INPUT_NAME, OUTPUT_NAME, ExportError, verify_onnx
 from catdog.utils import MODEL_NAME_RULE, file_sha256, is_valid_model_name
 
 if TYPE_CHECKING:
     from torch import nn
-
-#: Names of the graph's input and output.
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-
-
-class ExportError(CatDogError):
-    """The exported model failed its verification (checker or onnxruntime vs torch)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +56,10 @@ class ExportResult:
 
 
 def onnx_metadata(
-    preprocess_config: PreprocessConfig, model_name: str, checkpoint_sha256: str | None = None
+    preprocess_config: PreprocessConfig,
+    model_name: str,
+    checkpoint_sha256: str | None = None,
+    calibration: Calibration | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` written into every exported file (read back by ``catdog serve``)."""
     import torch
@@ -73,7 +71,7 @@ def onnx_metadata(
         **preprocess_config.to_metadata(),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "output": "logits; softmax gives the class probabilities",
+        **calibration_metadata(calibration),
         "catdog_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -87,154 +85,6 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
-def verify_onnx(
-    path: str | os.PathLike[str],
-    network: nn.Module,
-    image_size: int,
-    batch_sizes: Sequence[int] = (1, 3),
-    atol: float = 1e-4,
-    seed: int = 0,
-    label: str | os.PathLike[str] | None = None,
-) -> float:
-    """``onnx.checker`` plus onnxruntime vs ``network`` on random batches; returns the max abs difference.
-
-    Raises :class:`ExportError` when the checker fails or the difference is above ``atol`` (or NaN); the
-    message names the file as ``label`` (default ``path``) and says why (:func:`explain_disagreement`).
-    """
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    name = path if label is None else label
-    try:
-        onnx.checker.check_model(os.fspath(path), full_check=True)
-    except Exception as err:  # onnx raises ValidationError / InferenceError
-        raise ExportError(f"{name}: onnx.checker rejected the exported model: {err}") from err
-    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(seed)
-    worst, worst_case = 0.0, None
-    network.eval()
-    for batch in batch_sizes:
-        images = torch.randn(batch, 3, image_size, image_size, generator=generator)
-        with torch.inference_mode():
-            expected = network(images).float().numpy()
-        (actual,) = session.run(None, {INPUT_NAME: images.numpy()})
-        if actual.shape != expected.shape:
-            raise ExportError(f"{name}: onnxruntime output shape {actual.shape} != torch {expected.shape}")
-        diff = float(np.abs(actual - expected).max())
-        if not diff <= worst:  # also keeps a NaN
-            worst, worst_case = diff, (images, actual)
-    if not worst <= atol:
-        images, actual = worst_case  # type: ignore[misc]
-        raise ExportError(
-            f"{name}: onnxruntime and torch disagree (max abs difference {worst:.3g} > {atol:g}); the file was not "
-            f"written. {explain_disagreement(network, images, actual, atol)}"
-        )
-    return worst
-
-
-#: Relative float32 error (against float64) past which a layer's output counts as lost to rounding.
-LOST_TO_ROUNDING = 1e-4
-#: RMS distance, in running standard deviations, past which a BatchNorm layer's statistics misdescribe its input.
-BN_MISFIT_Z = 3.0
-
-
-def explain_disagreement(network: nn.Module, images: Any, onnx_output: np.ndarray, atol: float = 1e-4) -> str:
-    """Why onnxruntime's ``onnx_output`` for ``images`` differs from ``network`` (torch, eval mode), in words.
-
-    Float64 torch on a copy of the network is the reference: when float32 torch is within ``atol`` of it, the
-    exported graph computes something else; when float32 torch itself is not, the network is numerically
-    ill-conditioned (no float32 runtime can reproduce torch's rounding), and the message names the image, the
-    first layer whose float32 output is off by more than :data:`LOST_TO_ROUNDING` relative, and the first
-    BatchNorm layer whose eval inputs lie more than :data:`BN_MISFIT_Z` running standard deviations (RMS) from
-    its running mean. A network that answers the same input differently twice is reported as such.
-    """
-    import copy
-
-    import torch
-
-    network.eval()
-    with torch.inference_mode():
-        first, again = network(images).float(), network(images).float()
-    if not torch.allclose(first, again, rtol=0, atol=0, equal_nan=True):
-        return (
-            "torch itself gives different answers for the same input in eval mode (a random operation in the "
-            "forward pass?), so no exported file can match it."
-        )
-    reference = copy.deepcopy(network).double().eval()
-    with torch.inference_mode():
-        exact = reference(images.double())
-    torch_error = (first.double() - exact).abs()
-    torch_off, onnx_off = float(torch_error.max()), float((torch.from_numpy(onnx_output).double() - exact).abs().max())
-    if torch_off <= atol:
-        return (
-            f"float32 torch is within {torch_off:.2g} of float64 torch but onnxruntime is "
-            f"{onnx_off:.3g} away: the exported graph computes something else. Check that the network "
-            "was built with exportable=True and is deterministic in eval."
-        )
-    index = int((torch_error.flatten(1).amax(dim=1) if torch_error.ndim > 1 else torch_error).argmax())
-    image = images[index : index + 1]
-    outputs32, zscores = _layer_outputs(network, image)
-    outputs64, _ = _layer_outputs(reference, image.double())
-    errors = {
-        name: float((out - outputs64[name]).norm() / outputs64[name].norm().clamp_min(1e-30))
-        for name, out in outputs32.items()
-        if name in outputs64
-    }
-    lost = next(((name, error) for name, error in errors.items() if error > LOST_TO_ROUNDING), None)
-    peaks = {name: float(out.abs().max()) for name, out in outputs64.items() if out.numel()}
-    where = ""
-    if peaks:
-        peak = max(peaks, key=peaks.__getitem__)
-        where = f" Its activations reach {peaks[peak]:.3g} (at {peak!r})"
-        where += f"; its float32 error passes {LOST_TO_ROUNDING:g} relative at {lost[0]!r}." if lost else "."
-    misfit = next(((name, z) for name, z in zscores.items() if z > BN_MISFIT_Z), None)
-    batchnorm = ""
-    if misfit is not None:
-        largest = max(zscores, key=zscores.__getitem__)
-        batchnorm = (
-            f" BatchNorm layer {misfit[0]!r} is the first whose eval inputs lie {misfit[1]:.3g} running standard "
-            f"deviations (RMS) from its running mean, {zscores[largest]:.3g} at {largest!r}: its running "
-            "statistics do not describe the eval-mode activations (typically estimated on too few images, or "
-            "left from too few training steps)."
-        )
-    return (
-        f"The network is numerically ill-conditioned: on image {index} of that random batch, float32 torch itself "
-        f"is {torch_off:.3g} away from float64 torch (onnxruntime: {onnx_off:.3g}), so no float32 "
-        f"runtime can reproduce its answers.{where}{batchnorm} Train on more images or for longer before exporting."
-    )
-
-
-def _layer_outputs(network: nn.Module, images: Any) -> tuple[dict[str, Any], dict[str, float]]:
-    """Every submodule's tensor output for ``images`` (float64 copies, in call order), and the RMS z-score of
-    each BatchNorm layer's input against its running statistics."""
-    import torch
-
-    outputs: dict[str, torch.Tensor] = {}
-    zscores: dict[str, float] = {}
-
-    def record(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            if isinstance(output, torch.Tensor) and name not in outputs:
-                outputs[name] = output.detach().double().clone()
-            mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and mean is not None and var is not None:
-                shape = (1, -1) + (1,) * (inputs[0].ndim - 2)
-                z = (inputs[0].double() - mean.double().view(shape)) / (var.double().view(shape) + module.eps).sqrt()
-                zscores[name] = float(z.pow(2).mean().sqrt())
-
-        return hook
-
-    hooks = [module.register_forward_hook(record(name)) for name, module in network.named_modules() if name]
-    try:
-        with torch.inference_mode():
-            network(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return outputs, zscores
-
-
 def export_onnx(
     network: nn.Module,
     preprocess_config: PreprocessConfig,
@@ -242,17 +92,19 @@ def export_onnx(
     model_name: str,
     checkpoint_sha256: str | None = None,
     *,
+    calibration: Calibration | None = None,
     opset: int | None = None,
     atol: float = 1e-4,
 ) -> ExportResult:
     """Export ``network`` (logits for (N, 3, S, S) images, S = ``preprocess_config.image_size``) to ``out_path``.
 
-    Dynamic batch axis, weights inside the one file, catdog metadata, then :func:`verify_onnx`. The file
+    Dynamic batch axis, weights inside the one file, catdog metadata, then :func:`verify_onnx`. With a
+    ``calibration`` (``catdog calibrate``'s), the graph's logits are the calibrated ones
+    (:mod:`catdog.export.calibrated`) and the file is verified against the calibrated torch network. The file
     is written next to ``out_path`` and renamed over it only once verified, so a failed export leaves
     any previous file untouched and no partial one.
     """
     import onnx
-    import torch
 
     out = Path(out_path)
     if out.suffix != ".onnx":
@@ -261,6 +113,28 @@ def export_onnx(
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.onnx")
     size = preprocess_config.image_size
     network = network.eval()
+    proto = _torch_export(network, size, opset, f"{out}: torch.onnx.export failed for {model_name}")
+    if calibration is not None:
+        append_to_graph(proto, calibration, OUTPUT_NAME)
+        network = calibrated_network(network, calibration).eval()
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata(preprocess_config, model_name, checkpoint_sha256, calibration).items():
+        proto.metadata_props.add(key=key, value=value)
+    what = "calibrated logits" if calibration is not None else "logits"
+    proto.doc_string = f"catdog {model_name}: cat (0) vs dog (1) {what} for {size}x{size} normalised images"
+    try:
+        onnx.save_model(proto, tmp, save_as_external_data=False)
+        diff = verify_onnx(tmp, network, size, atol=atol, label=out)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(out, diff, out.stat().st_size)
+
+
+def _torch_export(network: nn.Module, size: int, opset: int | None, failure: str) -> Any:
+    """``torch.onnx.export`` (dynamo) of ``network`` with a dynamic batch axis: the ``ModelProto``."""
+    import torch
+
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
@@ -276,19 +150,8 @@ def export_onnx(
             verbose=False,
         )
     except Exception as err:  # the exporter raises many different types
-        raise ExportError(f"{out}: torch.onnx.export failed for {model_name}: {type(err).__name__}: {err}") from err
-    proto = program.model_proto
-    del proto.metadata_props[:]
-    for key, value in onnx_metadata(preprocess_config, model_name, checkpoint_sha256).items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"catdog {model_name}: cat (0) vs dog (1) logits for {size}x{size} normalised images"
-    try:
-        onnx.save_model(proto, tmp, save_as_external_data=False)
-        diff = verify_onnx(tmp, network, size, atol=atol, label=out)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return ExportResult(out, diff, out.stat().st_size)
+        raise ExportError(f"{failure}: {type(err).__name__}: {err}") from err
+    return program.model_proto
 
 
 def as_if_trained(network: nn.Module, head_std: float = 0.5) -> nn.Module:
@@ -311,9 +174,15 @@ def as_if_trained(network: nn.Module, head_std: float = 0.5) -> nn.Module:
 
 
 def export_checkpoint(
-    ckpt_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, opset: int | None = None, atol: float = 1e-4
+    ckpt_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    calibration: Calibration | None = None,
+    opset: int | None = None,
+    atol: float = 1e-4,
 ) -> ExportResult:
-    """Load a :class:`~catdog.training.module.CatDogClassifier` checkpoint (exportable layers) and export it."""
+    """Load a :class:`~catdog.training.module.CatDogClassifier` checkpoint (exportable layers) and export it,
+    with ``calibration`` baked into the graph when given (:func:`find_calibration`)."""
     from catdog.training.module import load_classifier
 
     try:
@@ -330,9 +199,32 @@ def export_checkpoint(
         out_path,
         model_name=str(classifier.hparams.model_name),
         checkpoint_sha256=file_sha256(ckpt_path),
+        calibration=calibration,
         opset=opset,
         atol=atol,
     )
+
+
+def find_calibration(ckpt: Path, explicit: Path | None = None) -> Calibration | None:
+    """The ``calibration.json`` of the run that tested ``ckpt`` (``runs/<name>/``, beside ``checkpoints/``), or
+    ``explicit``; None (with a note) when the run has none. Refuses a map fitted on another checkpoint's
+    validation predictions, or on a ``val_predictions.csv`` that has changed since."""
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    path = explicit or run / CALIBRATION_FILENAME
+    if explicit is None and not path.is_file():
+        print(f"note: {ckpt}: no {path}, exporting uncalibrated probabilities (fit one: `catdog calibrate {run}`)")
+        return None
+    calibration = read_calibration(path)
+    fix = f"rerun `catdog calibrate {path.parent}` after testing {ckpt}, or export with --uncalibrated"
+    if calibration.checkpoint_sha256 and calibration.checkpoint_sha256 != file_sha256(ckpt):
+        raise CatDogError(
+            f"--ckpt {ckpt}: {path} was fitted on the validation predictions of another checkpoint "
+            f"({calibration.checkpoint}); {fix}"
+        )
+    source = path.parent / calibration.fitted_on
+    if source.is_file() and file_sha256(source) != calibration.fitted_on_sha256:
+        raise CatDogError(f"--ckpt {ckpt}: {source} has changed since {path} was fitted on it; {fix}")
+    return calibration
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--out-dir", help="output folder: writes DIR/NAME.onnx (NAME from NAME=PATH or runs/NAME/checkpoints)"
     )
+    calibration = parser.add_mutually_exclusive_group()
+    calibration.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="export the network's own probabilities, without the run's calibration.json (`catdog calibrate`)",
+    )
+    calibration.add_argument(
+        "--calibration-file",
+        type=Path,
+        default=None,
+        help="the calibration.json to bake in (default: the tested run's, runs/NAME/calibration.json, if any)",
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest |onnxruntime - torch| allowed (1e-4)")
     quant = parser.add_argument_group("int8 models (onnxruntime static quantization)")
@@ -425,12 +329,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ckpt, _ in plan:
         if not ckpt.is_file():
             raise CatDogError(f"--ckpt {ckpt}: file not found (train one with `catdog fit -c configs/scratch.yaml`)")
+    if args.calibration_file is not None and len(plan) != 1:
+        raise CatDogError(f"--calibration-file takes one --ckpt, {len(plan)} given (by default each run's own file)")
     for ckpt, target in plan:
-        result = export_checkpoint(ckpt, target, opset=args.opset, atol=args.atol)
+        calibration = None if args.uncalibrated else find_calibration(ckpt, args.calibration_file)
+        result = export_checkpoint(ckpt, target, calibration=calibration, opset=args.opset, atol=args.atol)
         meta: dict[str, Any] = read_onnx_metadata(result.path)
+        how = f"calibrated: {calibration.map.describe()}" if calibration is not None else "uncalibrated"
         print(
             f"{ckpt} -> {result.path} ({result.size_bytes / 1e6:.1f} MB, {meta['model_name']}, "
-            f"{meta['image_size']} px, max |onnxruntime - torch| = {result.max_abs_diff:.2e})"
+            f"{meta['image_size']} px, {how}, max |onnxruntime - torch| = {result.max_abs_diff:.2e})"
         )
         if settings is not None:
             from catdog.export.quantize import quantize_onnx, summary

@@ -12,6 +12,9 @@
    computed from those files with :mod:`catdog.metrics`;
 4. the int8 file gets the fp32 file's metadata (so ``catdog serve`` serves it like any other model) plus
    the quantization settings and the evaluation figures, and replaces any previous file only once complete.
+
+A calibrated fp32 file keeps its map: the two calibration nodes (:mod:`catdog.export.calibrated`) stay in
+float, so the int8 file's probabilities are calibrated by the same map and its metadata says so.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from catdog import CatDogError
 from catdog.data.splits import labelled_images, relative_name, stratified_split
 from catdog.data.transforms import PreprocessConfig, eval_transform, open_image
+from catdog.export.calibrated import NODE_NAMES as CALIBRATION_NODES
 from catdog.export.runtime import create_session, softmax
 from catdog.metrics import THRESHOLD, read_predictions, write_predictions
 from catdog.utils import file_sha256
@@ -255,6 +259,7 @@ def _quantize_kwargs(settings: QuantizeSettings) -> dict[str, Any]:
         activation_type=QuantType[settings.activation_type],
         weight_type=QuantType[settings.weight_type],
         calibrate_method=CalibrationMethod[settings.calibration_method],
+        nodes_to_exclude=list(CALIBRATION_NODES),  # the probability calibration map stays float
     )
 
 

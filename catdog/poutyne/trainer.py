@@ -21,12 +21,14 @@ module's training sampler (:class:`catdog.data.EpochSampler`) is told each epoch
 loaders are iterated in Lightning's order, so from the same config both trainers reach the same weights.
 ``checkpoints/best.ckpt`` is the epoch of lowest ``val_loss``, ``checkpoints/last.ckpt`` the final completed
 epoch (both hold the network's timm state dict). The test split is evaluated with the best weights:
-``predictions.csv`` (:func:`catdog.metrics.write_predictions`) and ``metrics.json`` computed from it.
+``predictions.csv`` (:func:`catdog.metrics.write_predictions`) and ``metrics.json`` computed from it,
+and the validation split with the same weights: ``val_predictions.csv`` (what ``catdog calibrate`` fits on).
 
 A run writes under ``poutyne.run_dir`` (default ``runs/poutyne/scratch``, or ``runs/poutyne/pretrained``
 with pretrained weights): ``config.yaml`` (the resolved configuration), ``val_files.txt`` (the validation
 images), ``checkpoints/{best,last}.ckpt``, ``history.{csv,json}``, ``saved/model_epoch<N>.pth``,
-``predictions.csv``, ``metrics.json`` and ``wandb/`` (offline unless ``WANDB_MODE`` says otherwise).
+``predictions.csv``, ``val_predictions.csv``, ``metrics.json`` and ``wandb/`` (offline unless ``WANDB_MODE``
+says otherwise).
 
 From Python: ``run = train_poutyne(["-c", "configs/scratch.yaml", "--data.data_dir", "dataset"])``.
 """
@@ -282,9 +284,11 @@ def fit_callbacks(setup: PoutyneSetup, plan: PoutynePlan, train_loader: Any) -> 
 
 
 def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds: float) -> tuple[Any, Path]:
-    """Evaluate the best checkpoint on the test split; write ``predictions.csv`` and ``metrics.json`` from it."""
+    """Evaluate the best checkpoint on the test split (``predictions.csv`` and ``metrics.json`` from it) and on the
+    validation split (``val_predictions.csv``)."""
     from catdog.data.splits import relative_name
     from catdog.metrics import (
+        VAL_PREDICTIONS_FILENAME,
         read_predictions,
         run_metrics_from_predictions,
         write_metrics,
@@ -306,6 +310,12 @@ def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds:
     p_dog = logits.double().softmax(dim=1)[:, 1].tolist()
     files = [relative_name(p, dm.data_dir) for p in dataset.paths]
     predictions = write_predictions(files, dataset.labels, p_dog, plan.run_dir)
+    val_logits, val_targets = predict(setup.model, dm.val_dataloader())
+    if val_targets.tolist() != list(dm.val_set.labels):
+        raise RuntimeError("the validation loader's labels are not in the dataset's order")
+    val_files = [relative_name(p, dm.data_dir) for p in dm.val_set.paths]
+    val_p_dog = val_logits.double().softmax(dim=1)[:, 1].tolist()
+    write_predictions(val_files, dm.val_set.labels, val_p_dog, plan.run_dir, VAL_PREDICTIONS_FILENAME)
     warning = read_predictions(predictions).score().collapse_warning()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -128,4 +128,5 @@ class OnnxClassifierAPI(ls.LitAPI):
             "label": self.model.classes[class_id],
             "class_id": class_id,
             "probabilities": {name: float(p) for name, p in zip(self.model.classes, output, strict=True)},
+            "calibrated": self.model.calibration is not None,
         }

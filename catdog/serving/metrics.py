@@ -210,14 +210,14 @@ class ServerStateCollector:
         loaded = GaugeMetricFamily(
             "catdog_model_loaded",
             "1 while every worker of the model has it loaded (0 while starting, restarting or failed)",
-            labels=["model", "checkpoint_sha256"],
+            labels=["model", "checkpoint_sha256", "calibration"],
         )
         worker_restarts = CounterMetricFamily(
             "catdog_worker_restarts", "Inference worker processes replaced after they died, by model", labels=["model"]
         )
         for m in self.models:
             sha = m.metadata.get("checkpoint_sha256", "")
-            loaded.add_metric([m.name, sha], 1.0 if states.get(m.name) == "ready" else 0.0)
+            loaded.add_metric([m.name, sha, m.calibration_method], 1.0 if states.get(m.name) == "ready" else 0.0)
             worker_restarts.add_metric([m.name], restarts.model(m.name))
         http_restarts = CounterMetricFamily(
             "catdog_http_server_restarts", "HTTP server processes replaced after they died", restarts.http_servers()

@@ -29,6 +29,22 @@ class ServedModel:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The calibration map ``catdog export`` baked into the graph (method, parameters, fitted on which file's
+        sha256), or None when the file's probabilities are the network's own."""
+        raw = self.metadata.get("calibration", "none")
+        try:
+            value = json.loads(raw) if raw != "none" else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    @property
+    def calibration_method(self) -> str:
+        """``temperature``, ``platt`` or ``none``: a label for ``/metrics``."""
+        return str((self.calibration or {}).get("method", "none"))
+
+    @property
     def api_path(self) -> str:
         return f"/predict/{self.name}"
 
@@ -41,6 +57,8 @@ class ServedModel:
             "image_size": self.config.image_size,
             "classes": list(self.classes),
             "checkpoint_sha256": self.metadata.get("checkpoint_sha256"),
+            "calibrated": self.calibration is not None,
+            "calibration": self.calibration,
         }
 
 

@@ -2,8 +2,10 @@
 
 * :class:`RunRecorder` is Lightning's :class:`~lightning.pytorch.callbacks.Timer` (training time, continued
   across resumes and saved in every checkpoint) that, at the end of ``test``, writes
-  ``<run dir>/predictions.csv`` (one row per test image: file relative to the dataset root, label, P(dog))
-  and ``<run dir>/metrics.json`` computed from those predictions by :mod:`catdog.metrics`.
+  ``<run dir>/predictions.csv`` (one row per test image: file relative to the dataset root, label, P(dog)),
+  ``<run dir>/val_predictions.csv`` (the same for the validation images, from the same weights: what
+  ``catdog calibrate`` fits on) and ``<run dir>/metrics.json`` computed from the test predictions by
+  :mod:`catdog.metrics`.
 * :class:`EpochSeeds` reseeds every epoch from (run seed, epoch number).
 * :class:`PredictionWriter` writes ``<run dir>/predict.csv`` at the end of ``predict`` (any folder of images,
   labels where a ``cat``/``dog`` parent folder says so).
@@ -24,7 +26,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Timer
 
 from catdog import CLASSES, DISPLAY_NAMES, CatDogError
 from catdog.data.splits import relative_name, write_file_list
-from catdog.metrics import run_metrics_from_predictions, write_metrics, write_predictions
+from catdog.metrics import (
+    VAL_PREDICTIONS_FILENAME,
+    run_metrics_from_predictions,
+    write_metrics,
+    write_predictions,
+)
 from catdog.training.network import count_parameters
 
 #: The validation images of a fit, written into its run folder.
@@ -101,6 +108,9 @@ class RunRecorder(Timer):
             checkpoint=str(Path(ckpt_path).resolve()) if ckpt_path else None,
         )
         print(f"predictions written to {path}; metrics written to {write_metrics(metrics, trainer.default_root_dir)}")
+        val_path = _write_val_predictions(trainer, pl_module)
+        if val_path is not None:
+            print(f"validation predictions of the same weights written to {val_path}")
 
     def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, float]]:
         """Every process's (index, P(dog)) rows (all of them on one process)."""
@@ -109,6 +119,28 @@ class RunRecorder(Timer):
         local = torch.tensor(self._rows, dtype=torch.float64, device=pl_module.device).reshape(-1, 2)
         gathered = pl_module.all_gather(local).reshape(-1, 2).cpu()  # equal sizes: DistributedSampler pads
         return [(int(index), float(p)) for index, p in gathered.tolist()]
+
+
+def _write_val_predictions(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
+    """P(dog) of every validation image (the data module's split, in order) with the weights under test, written
+    as ``val_predictions.csv``; None when the data module has no validation split. Runs on this process only."""
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]
+    if datamodule is None or not hasattr(datamodule, "val_dataloader"):
+        return None
+    loader = datamodule.val_dataloader()
+    dataset = loader.dataset
+    if not len(dataset):
+        return None
+    was_training = pl_module.training
+    pl_module.eval()
+    p_dog: list[float] = []
+    with torch.inference_mode():
+        for images, _ in loader:
+            logits = pl_module(images.to(pl_module.device))
+            p_dog += logits.double().softmax(dim=1)[:, 1].cpu().tolist()
+    pl_module.train(was_training)
+    names = [relative_name(path, datamodule.data_dir) for path in dataset.paths]
+    return write_predictions(names, dataset.labels, p_dog, trainer.default_root_dir, VAL_PREDICTIONS_FILENAME)
 
 
 def _test_loader(trainer: pl.Trainer) -> Any:

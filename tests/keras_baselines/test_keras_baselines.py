@@ -159,6 +159,9 @@ def test_metrics_are_recomputed_from_the_predictions(all_runs: Path, tiny_datase
     matrix = [[pairs.count((t, c)) for c in (0, 1)] for t in (0, 1)]
     metrics = read_metrics(run_dir / "metrics.json")
     assert metrics.predictions == "predictions.csv" and metrics.n_test == len(rows) == 8
+    val = read_predictions(run_dir / "val_predictions.csv")  # the validation images, same best checkpoint
+    assert sorted(val.files) == sorted((run_dir / "val_files.txt").read_text().split())
+    assert val.labels.tolist() == [CLASSES.index(Path(f).parent.name) for f in val.files]
     assert metrics.confusion_matrix == matrix
     assert metrics.accuracy == pytest.approx(sum(y == q for y, q in pairs) / len(rows), abs=1e-12)
     recalls = [matrix[c][c] / sum(matrix[c]) for c in (0, 1)]

@@ -168,6 +168,7 @@ def test_cli_writes_every_output(fused_dataset: Path, tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     val_files = (run_dir / "val_files.txt").read_text().split()
     assert val_files and all(name.startswith("train/") and (fused_dataset / name).is_file() for name in val_files)
+    assert sorted(read_predictions(run_dir / "val_predictions.csv").files) == sorted(val_files)  # best weights too
     assert "image_size: 32" in (run_dir / "config.yaml").read_text()
 
     saved = run_dir / "saved" / "model_epoch1.pth"

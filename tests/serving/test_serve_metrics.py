@@ -160,7 +160,10 @@ def test_counters_move_by_exactly_the_requests_sent(server: Server) -> None:
 def test_models_loaded_with_their_checkpoint_sha256(server: Server, model_files: dict[str, tuple[Path, str]]) -> None:
     samples = scrape(server)
     loaded = {labels: value for (name, labels), value in samples.items() if name == "catdog_model_loaded"}
-    assert loaded == {labels(model=name, checkpoint_sha256=sha): 1.0 for name, (_, sha) in model_files.items()}
+    expected = {
+        labels(model=name, checkpoint_sha256=sha, calibration="none"): 1.0 for name, (_, sha) in model_files.items()
+    }
+    assert loaded == expected
 
 
 @pytest.mark.slow
@@ -207,7 +210,8 @@ def test_a_killed_worker_is_counted_and_its_counts_stay(server: Server) -> None:
     assert after[("catdog_http_server_restarts_total", frozenset())] == 0
     # The dead worker's batches still count; the new worker's one request is added.
     assert delta(before, after, "catdog_batch_size_sum") == {labels(model="scratch"): 1.0}
-    assert after[("catdog_model_loaded", labels(model="scratch", checkpoint_sha256=_sha("scratch")))] == 1.0
+    loaded = labels(model="scratch", checkpoint_sha256=_sha("scratch"), calibration="none")
+    assert after[("catdog_model_loaded", loaded)] == 1.0
 
 
 def _sha(name: str) -> str:

@@ -105,6 +105,12 @@ def test_test_writes_predictions_and_the_metrics_computed_from_them(fitted_run: 
         with torch.no_grad():
             p_dog = model(image[None]).softmax(dim=1)[0, 1].item()
         assert predictions.p_dog[row] == pytest.approx(p_dog, abs=1e-5)
+    # and every validation image, from the same checkpoint (what catdog calibrate fits on)
+    val = read_predictions(fitted_run / "val_predictions.csv")
+    assert sorted(val.files) == sorted((fitted_run / "val_files.txt").read_text().split())
+    image = torch.from_numpy(preprocess(fused_dataset / val.files[0], model.preprocess_config))
+    with torch.no_grad():
+        assert val.p_dog[0] == pytest.approx(model(image[None]).softmax(dim=1)[0, 1].item(), abs=1e-5)
 
 
 def test_validate_and_predict(fitted_run: Path, fused_dataset: Path) -> None:

@@ -9,7 +9,9 @@ Do: run each trainer as its own process (``catdog fit``/``test``, ``catdog pouty
 keras_baselines``; catdog never imports TensorFlow), its output in ``<out>/<run>/run.log``, with a
 progress line (elapsed time, epoch). A run whose outputs are complete for the same commands is skipped
 (``--force`` reruns it); a run without its weights file is skipped with the reason; a failing run is
-reported with its log and the others go on. Report: ``<out>/compare.json`` and ``<out>/results.md``
+reported with its log and the others go on. Calibrate: each run with results gets its calibration map,
+fitted on its own validation predictions (:mod:`catdog.calibration`; a run with too few
+validation images stays uncalibrated, saying why). Report: ``<out>/compare.json`` and ``<out>/results.md``
 (:mod:`catdog.evaluation.report.command`); the exit status is 1 when a run failed.
 """
 
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 from catdog import CatDogError
+from catdog.calibration import CALIBRATION_FILENAME, calibrate_run
 from catdog.data.splits import split_train, write_file_list
 from catdog.evaluation.compare.plan import (
     PlannedRun,
@@ -38,8 +41,14 @@ from catdog.evaluation.compare.plan import (
     recipe_dict,
 )
 from catdog.evaluation.report.collect import COMPARE_RECORD, ComparisonRecord, RunRecord, describe_device, read_record
-from catdog.evaluation.report.command import collect, format_duration
-from catdog.metrics import METRICS_FILENAME, PREDICTIONS_FILENAME, read_metrics, read_predictions
+from catdog.evaluation.report.tables import collect, format_duration
+from catdog.metrics import (
+    METRICS_FILENAME,
+    PREDICTIONS_FILENAME,
+    VAL_PREDICTIONS_FILENAME,
+    read_metrics,
+    read_predictions,
+)
 
 VAL_FILES = "val_files.txt"
 RUN_LOG = "run.log"
@@ -101,6 +110,8 @@ def compare(
             entries.append(old or _entry(run, out, "skipped", "not selected (--only)"))
             continue
         entries.append(_execute(run, out, tag, force, previous))
+        if entries[-1].status in ("done", "complete"):
+            _calibrate(run, tag)
     total = time.perf_counter() - start
     record = ComparisonRecord(str(data), recipe_dict(config.recipe), describe_device(), VAL_FILES, entries, total)
     record.write(out)
@@ -181,7 +192,13 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
         print(f"{tag}: complete, not rerun (--force reruns it)")
         return _entry(run, out, "complete", seconds=old.seconds if old else None,
                       cpu_seconds=old.cpu_seconds if old else None)  # fmt: skip
-    for stale in (DONE_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME):  # a failed rerun must not leave old results
+    for stale in (
+        DONE_FILE,
+        METRICS_FILENAME,
+        PREDICTIONS_FILENAME,
+        VAL_PREDICTIONS_FILENAME,
+        CALIBRATION_FILENAME,
+    ):  # a failed rerun must not leave old results
         (run.run_dir / stale).unlink(missing_ok=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     log = run.run_dir / RUN_LOG
@@ -209,6 +226,18 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
     print(f"{tag}: done in {format_duration(seconds)}, CPU time {format_duration(cpu)} (test accuracy {accuracy:.4f})",
           flush=True)  # fmt: skip
     return _entry(run, out, "done", seconds=seconds, cpu_seconds=cpu)
+
+
+def _calibrate(run: PlannedRun, tag: str) -> None:
+    """Fit the run's calibration map on its validation predictions; a run that cannot be fitted says why."""
+    try:
+        calibration = calibrate_run(run.run_dir)
+    except CatDogError as err:
+        print(f"{tag}: left uncalibrated: {err}", flush=True)
+        return
+    before, after = calibration.val_before, calibration.val_after
+    print(f"{tag}: calibrated ({calibration.map.describe()}; validation NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+          f"ECE {before['ece']:.4f} -> {after['ece']:.4f})", flush=True)  # fmt: skip
 
 
 def _children_cpu_seconds() -> float:

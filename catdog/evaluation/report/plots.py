@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -84,22 +84,28 @@ def plot_confusion(name: str, subtitle: str, matrix: Sequence[Sequence[int]], pa
     return path
 
 
-def plot_reliability(predictions: dict[str, Predictions], eces: dict[str, float], path: Path) -> Path:
-    """One reliability diagram for every run: accuracy against confidence of the predicted class per bin."""
+def plot_reliability(
+    predictions: dict[str, Predictions],
+    eces: dict[str, float],
+    path: Path,
+    calibrated: dict[str, tuple[Predictions, float]] | None = None,
+) -> Path:
+    """One reliability diagram for every run: accuracy against confidence of the predicted class per bin; a run
+    in ``calibrated`` (its test predictions through its calibration map, and their ECE) gets a second, dotted
+    curve in the same colour."""
     from matplotlib.figure import Figure
 
+    calibrated = calibrated or {}
     fig = Figure(figsize=(8.5, 5.2), layout="constrained")
     ax = fig.subplots()
     ax.plot([0.5, 1.0], [0.5, 1.0], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     cmap = _run_colours(len(predictions))
-    styles = ("-", "--", ":", "-.")  # runs with identical predictions overlap: the dashes keep both visible
+    styles = ("-", "--", "-.", (0, (5, 1)))  # runs with identical predictions overlap: the dashes keep both visible
     for index, ((name, preds), colour) in enumerate(zip(predictions.items(), cmap, strict=True)):
-        curve = reliability_curve(preds.labels, preds.p_dog)
-        confidence, accuracy, count = (np.array(column) for column in zip(*curve, strict=True))
-        sizes = 20 + 180 * count / count.max()
-        ax.plot(confidence, accuracy, color=colour, linewidth=1.4, linestyle=styles[index % len(styles)],
-                label=f"{name} (ECE {eces[name]:.3f})")  # fmt: skip
-        ax.scatter(confidence, accuracy, s=sizes, color=colour, alpha=0.6, edgecolors="white", linewidths=0.5)
+        _reliability_curve(ax, preds, colour, styles[index % len(styles)], f"{name} (ECE {eces[name]:.3f})")
+        if name in calibrated:
+            after, ece = calibrated[name]
+            _reliability_curve(ax, after, colour, ":", f"{name}, calibrated (ECE {ece:.3f})", hollow=True)
     ax.set_xlim(0.48, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("confidence of the predicted class (bin mean)")
@@ -109,6 +115,17 @@ def plot_reliability(predictions: dict[str, Predictions], eces: dict[str, float]
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.savefig(path, dpi=_DPI)
     return path
+
+
+def _reliability_curve(ax: Any, preds: Predictions, colour: Any, style: Any, label: str, hollow: bool = False) -> None:
+    curve = reliability_curve(preds.labels, preds.p_dog)
+    confidence, accuracy, count = (np.array(column) for column in zip(*curve, strict=True))
+    sizes = 20 + 180 * count / count.max()
+    ax.plot(confidence, accuracy, color=colour, linewidth=1.4, linestyle=style, label=label)
+    if hollow:
+        ax.scatter(confidence, accuracy, s=sizes, facecolors="none", edgecolors=colour, linewidths=1.0)
+    else:
+        ax.scatter(confidence, accuracy, s=sizes, color=colour, alpha=0.6, edgecolors="white", linewidths=0.5)
 
 
 #: The per-breed heatmap's title, in two parts: on one line when the figure is wide enough, else on two.

@@ -23,8 +23,9 @@ from catdog.evaluation.report.collect import (
     recorded_data_dir,
     worst_mistakes,
 )
-from catdog.evaluation.report.command import Collected, Run, format_duration, results_table, to_markdown
 from catdog.evaluation.report.plots import plot_accuracy, plot_breeds, plot_confusion, plot_mistakes, plot_reliability
+from catdog.evaluation.report.tables import Collected, Run, format_duration, results_table, to_markdown
+from catdog.metrics import Predictions
 
 PRETRAINED_CAVEAT = (
     "Rows marked ImageNet-pretrained start from ImageNet weights. The dogs of Kaggle's Dog Breed Identification "
@@ -141,23 +142,45 @@ def _calibration_section(runs: dict[str, Run], prefix: Path) -> tuple[str, list[
     scored = {name: run for name, run in runs.items() if run.scores is not None}
     if not scored:
         return "", []
-    rows = [
-        {"run": name, "ECE": f"{run.scores.ece:.4f}", "accuracy": f"{run.scores.accuracy:.4f}",
-         "mean confidence": f"{_mean_confidence(run):.4f}"}
-        for name, run in sorted(scored.items(), key=lambda item: item[1].scores.ece)
-    ]  # fmt: skip
+    rows = [_calibration_row(name, run) for name, run in sorted(scored.items(), key=lambda item: item[1].scores.ece)]
+    calibrated = {
+        name: (Predictions(run.predictions.files, run.predictions.labels, run.calibration.map.apply(
+            run.predictions.p_dog)), run.calibrated.ece)
+        for name, run in scored.items() if run.calibration is not None and run.calibrated is not None
+    }  # fmt: skip
     png = plot_reliability(
         {name: run.predictions for name, run in scored.items()},
         {name: run.scores.ece for name, run in scored.items()},
         prefix.with_name(f"{prefix.name}-reliability.png"),
+        calibrated,
     )
     text = (
         "## Calibration\n\n"
         "Expected calibration error (10 equal-width bins of the predicted class's probability; 0 is perfect), "
-        "best first. A mean confidence far above the accuracy means an over-confident model.\n\n"
+        "log loss (NLL) and Brier score of the test predictions, best ECE first. A mean confidence far above the "
+        "accuracy means an over-confident model. Runs with a `calibration.json` (`catdog calibrate`: a map fitted "
+        "on the validation predictions only) are scored again through it (*calibrated* columns, dotted curves): "
+        "temperature scaling keeps every decision, so accuracy cannot move; Platt scaling moves the threshold.\n\n"
         f"{pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)}\n\n{_images([png])}"
     )
     return text, [png]
+
+
+def _calibration_row(name: str, run: Run) -> dict[str, str]:
+    before, after = run.scores, run.calibrated
+    row = {
+        "run": name,
+        "ECE": f"{before.ece:.4f}",
+        "NLL": f"{before.nll:.4f}",
+        "Brier": f"{before.brier:.4f}",
+        "accuracy": f"{before.accuracy:.4f}",
+        "mean confidence": f"{_mean_confidence(run):.4f}",
+        "calibration": run.calibration.map.describe() if run.calibration else "—",
+    }
+    for key in ("ece", "nll", "brier", "accuracy"):
+        label = {"ece": "ECE", "nll": "NLL", "brier": "Brier"}.get(key, key)
+        row[f"{label} calibrated"] = f"{getattr(after, key):.4f}" if after is not None else "—"
+    return row
 
 
 def _mean_confidence(run: Run) -> float:
