@@ -195,7 +195,7 @@ class CatDogClassifier(pl.LightningModule):
         trainer = self.trainer
         if trainer.state.fn != "fit":
             return
-        recalibrate = not trainer.sanity_checking and 0 < self.hparams.bn_recalibration_batches
+        recalibrate = not trainer.sanity_checking and self.hparams.bn_recalibration_batches > 0
         if recalibrate and trainer.global_step < self.hparams.bn_recalibration_steps:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 recalibrate_batchnorm(
