@@ -22,7 +22,7 @@ import pytest
 import timm
 import torch
 import yaml
-from train_helpers import CSV_ONLY, ROOT, SCRATCH, fit_options, fused_sample, logged
+from train_helpers import CSV_ONLY, ROOT, SCRATCH, fit_options, fused_sample
 
 from catdog.cli import main
 from catdog.data.datamodule import EpochSampler, ShardSampler
@@ -88,12 +88,17 @@ def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def validation_metrics(run_dir: Path) -> dict[str, float]:
-    """The ``val_*`` values of the last row that has them in the newest CSV log of a run dir."""
-    newest = max(run_dir.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[1]))
-    with (newest / "metrics.csv").open() as handle:
+def validation_metrics(run_dir: Path, version: int) -> dict[str, float]:
+    """The ``val_*`` values of the last row that has them in a CSV log of a run dir."""
+    with (run_dir / "lightning_logs" / f"version_{version}" / "metrics.csv").open() as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("val_loss")]
     return {key: float(value) for key, value in rows[-1].items() if key.startswith("val_") and value}
+
+
+def fit_logged(run_dir: Path, key: str) -> dict[int, float]:
+    """``key`` by epoch from the fit's CSV log (version 0; later versions are validate and test)."""
+    with (run_dir / "lightning_logs" / "version_0" / "metrics.csv").open() as handle:
+        return {int(row["epoch"]): float(row[key]) for row in csv.DictReader(handle) if row.get(key)}
 
 
 def predict_rows(run_dir: Path) -> list[tuple[str, float]]:
@@ -208,7 +213,7 @@ def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(ddp_run: Path
     assert two["global_step"] == one["global_step"] == 6
     assert largest_difference(two["state_dict"], one["state_dict"]) < 1e-4
     for key in ("train_loss_epoch", "val_loss", "val_acc"):  # logged over every process's images
-        both = logged(ddp_run, key), logged(one_process_run, key)
+        both = fit_logged(ddp_run, key), fit_logged(one_process_run, key)
         assert sorted(both[0]) == sorted(both[1]) == [0, 1], key
         assert all(abs(both[0][e] - both[1][e]) < 1e-4 for e in (0, 1)), (key, both)
 
@@ -218,11 +223,10 @@ def test_distributed_validate_test_and_predict_equal_one_process(dataset: Path, 
     for command in ("validate", "test", "predict"):
         assert main([command, *argv]) == 0
 
-    one, two = validation_metrics(tmp_path), validation_metrics(ddp_run)
+    one, two = validation_metrics(tmp_path, 0), validation_metrics(ddp_run, 1)  # validate: the first log here
     assert one.keys() == two.keys() >= {"val_loss", "val_acc", "val_auroc"}
     assert all(abs(one[k] - two[k]) < 1e-6 for k in one), (one, two)
-    fit_last = {key: values[1] for key in one if (values := logged(ddp_run, key))}
-    assert abs(fit_last["val_loss"] - one["val_loss"]) < 1e-6  # the fit's validation: 9 images, each once
+    assert abs(fit_logged(ddp_run, "val_loss")[1] - one["val_loss"]) < 1e-6  # the fit's last validation
 
     expected, got = read_predictions(tmp_path / "predictions.csv"), read_predictions(ddp_run / "predictions.csv")
     assert len(got.files) == len(set(got.files)) == 19

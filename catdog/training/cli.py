@@ -6,7 +6,8 @@ Typical use::
     catdog fit  -c configs/scratch.yaml            # + -c configs/pretrained.yaml --model.pretrained_file W
     catdog test -c configs/scratch.yaml --ckpt_path best     # best | last | PATH; default best
     catdog fit  -c configs/scratch.yaml --ckpt_path last     # resume: the epoch count continues
-    catdog fit  -c configs/scratch.yaml -c configs/trainer/ddp.yaml   # DDP (GPUs, nodes) through Lightning
+    catdog fit  -c configs/scratch.yaml -c configs/trainer/ddp.yaml   # DDP (GPUs, nodes): docs/distributed.md
+    catdog fit  -c configs/scratch.yaml -c configs/trainer/gpu.yaml   # the GPU recipe (bf16, channels_last, ...)
     catdog fit  -c configs/scratch.yaml --print_config      # the full, resolved configuration
 
 Everything a run writes lives under its **run dir**, ``trainer.default_root_dir`` (``runs/scratch`` and

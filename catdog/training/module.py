@@ -120,6 +120,9 @@ class CatDogClassifier(pl.LightningModule):
         self.train_acc = torchmetrics.classification.BinaryAccuracy()
         self.val_metrics = binary_metrics().clone(prefix="val_")
         self.test_metrics = binary_metrics().clone(prefix="test_")
+        # The mean loss over every evaluated image, also when processes evaluate different numbers of images
+        # (sums reduced across processes; Lightning's sync_dist mean floors the total count divided by the processes).
+        self.val_loss_mean, self.test_loss_mean = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._memory_format = torch.contiguous_format
 
@@ -180,7 +183,9 @@ class CatDogClassifier(pl.LightningModule):
         metrics.update(dog_prob, targets)
         if stage == "val":
             self._val_outputs.append((dog_prob.detach().float().cpu(), targets.detach().cpu()))
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, batch_size=len(targets), sync_dist=True)
+        mean_loss = self.val_loss_mean if stage == "val" else self.test_loss_mean
+        mean_loss.update(loss.detach(), weight=len(targets))
+        self.log(f"{stage}_loss", mean_loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(targets))
         self.log_dict(metrics, prog_bar=stage == "val", on_epoch=True, batch_size=len(targets))
         return {"loss": loss, "p_dog": dog_prob}
 
