@@ -18,7 +18,7 @@ from catdog.config_files import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["compare", "logger/csv", "poutyne", "pretrained", "scratch", "trainer/bf16", "trainer/ddp"]
+NAMES = ["compare", "logger/csv", "poutyne", "pretrained", "scratch", "trainer/bf16", "trainer/ddp", "trainer/gpu"]
 
 
 @pytest.fixture

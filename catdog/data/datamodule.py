@@ -9,6 +9,7 @@ reads ``predict_dir`` (default ``test/``). Training images go through the albume
 :func:`catdog.data.transforms.eval_transform`.
 
 The training order is an :class:`EpochSampler`: a permutation that is a pure function of (run seed, epoch),
+sharded across the processes of a distributed run (evaluation loaders: :class:`ShardSampler`, every image once),
 moved on by ``set_epoch`` (Lightning's fit loop calls it before every epoch); the training loader's
 worker seeds come from the sampler's own generator, seeded from (run seed, epoch) too. Nothing the training
 loader does draws from torch's global random generator, and the data module's checkpoint state holds the
@@ -31,7 +32,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from catdog import CLASSES, CatDogError
 from catdog.data.splits import labelled_images, list_images, split_train
@@ -44,22 +45,30 @@ def run_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A 32-bit seed that depends only on (``seed``, ``epoch``, ``stream``)."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, stream: int = 0, rank: int = 0) -> int:
+    """A 32-bit seed that depends only on (``seed``, ``epoch``, ``stream``) and, from rank 1 on, the process's rank."""
+    entropy = [seed, epoch, stream, *([rank] if rank else [])]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-class EpochSampler(Sampler[int]):
-    """A random order of ``range(size)`` that is a pure function of (``seed``, epoch).
+class EpochSampler(DistributedSampler):
+    """A random order of ``range(size)`` that is a pure function of (``seed``, epoch), sharded across processes.
 
     ``set_epoch`` chooses the epoch (Lightning's fit loop calls it on the training loader's sampler before
     every epoch; the Poutyne trainer does the same). :attr:`generator`, given to the ``DataLoader``, makes
-    the worker seeds (one draw per iterator made): it is reseeded from (``seed``, epoch) whenever the epoch
-    changes, so the n-th iterator of an epoch gets the same worker seeds in every run, resumed or not.
+    the worker seeds (one draw per iterator made): it is reseeded from (``seed``, epoch, ``rank``) whenever the
+    epoch changes, so the n-th iterator of an epoch gets the same worker seeds in every run, resumed or not.
+
+    With ``num_replicas`` processes, process ``rank`` reads every ``num_replicas``-th image of the one seeded order
+    (cut to a multiple of ``num_replicas``), so step k of the processes together, each with batch B, reads the
+    images of step k of one process with batch ``num_replicas * B``. It is a ``DistributedSampler``, so Lightning
+    uses it as it is rather than wrapping it in a sampler that reshuffles with its own seed.
     """
 
-    def __init__(self, size: int, seed: int = 0, epoch: int = 0) -> None:
+    def __init__(self, size: int, seed: int = 0, epoch: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(int(size)), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
         self.size, self.seed = int(size), int(seed)
+        self.num_samples = self.size // self.num_replicas
         self.generator = torch.Generator()
         self.epoch = -1
         self.set_epoch(epoch)
@@ -68,18 +77,37 @@ class EpochSampler(Sampler[int]):
         """Use ``epoch``'s order from the next iterator on; reseed :attr:`generator` when the epoch changes."""
         if int(epoch) != self.epoch:
             self.epoch = int(epoch)
-            self.generator.manual_seed(epoch_seed(self.seed, self.epoch, stream=1))
+            self.generator.manual_seed(epoch_seed(self.seed, self.epoch, stream=1, rank=self.rank))
 
     def order(self) -> list[int]:
-        """This epoch's order."""
+        """This epoch's order (of every process together)."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order())
+        return iter(self.order()[: self.num_samples * self.num_replicas][self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
+
+
+class ShardSampler(DistributedSampler):
+    """Process ``rank``'s share of ``range(size)`` in order: every ``num_replicas``-th index, none repeated.
+
+    Unlike Lightning's default ``DistributedSampler``, it pads no process's share with repeated images, so
+    metrics reduced across processes count every evaluated image once; shares differ by one image at most.
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(int(size)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.size = int(size)
+        self.num_samples = len(range(self.rank, self.size, self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class ImageDataset(Dataset):
@@ -145,6 +173,8 @@ class CatDogDataModule(pl.LightningDataModule):
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
         seed: seed of the validation split.
         augment_scale: area range of the training random resized crop.
+        augment: augment training images; ``False`` gives them the eval transform (a run without random
+            preprocessing, e.g. to compare trainers or process counts image for image).
         predict_dir: folder of images for ``predict`` (default ``<data_dir>/test``); labels come from a
             ``cat``/``dog`` parent folder, else -1.
         max_pixels: refuse images with more pixels than this (decompression bomb guard).
@@ -166,6 +196,7 @@ class CatDogDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 42,
         augment_scale: tuple[float, float] = (0.6, 1.0),
+        augment: bool = True,
         predict_dir: str | os.PathLike[str] | None = None,
         max_pixels: int | None = 50_000_000,
         preprocess: PreprocessConfig | None = None,
@@ -187,6 +218,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.augment_scale = tuple(augment_scale)
+        self.augment = augment
         self.predict_dir = Path(predict_dir) if predict_dir is not None else None
         self.max_pixels = max_pixels
         if preprocess is not None and preprocess.image_size != image_size:
@@ -217,7 +249,7 @@ class CatDogDataModule(pl.LightningDataModule):
         config = self.preprocess_config
         if stage in (None, "fit", "validate") and self.train_set is None:
             split = split_train(self.data_dir, self.val_fraction, self.seed, self.val_files, self.val_split)
-            augment = train_augmentation(config, scale=self.augment_scale)  # type: ignore[arg-type]
+            augment = train_augmentation(config, scale=self.augment_scale) if self.augment else None  # type: ignore[arg-type]
             self.train_set = ImageDataset(split.train_paths, split.train_labels, config, augment, self.max_pixels)
             self.val_set = ImageDataset(split.val_paths, split.val_labels, config, None, self.max_pixels)
         if stage in (None, "test") and self.test_set is None:
@@ -239,11 +271,14 @@ class CatDogDataModule(pl.LightningDataModule):
             dataset = {"fit": self.train_set, "validate": self.val_set, "test": self.test_set}.get(
                 stage, self.predict_set
             )
-        sampler = None
+        replicas, rank = self._processes()
+        sampler: DistributedSampler | None = None
         if shuffle:
             # Lightning makes the training iterator before it calls set_epoch (and, when resuming, before it
             # restores the fit loop), so the sampler starts at the epoch the fit starts at.
-            sampler = EpochSampler(len(dataset), seed=run_seed(), epoch=self._first_train_epoch)  # type: ignore[arg-type]
+            sampler = EpochSampler(len(dataset), run_seed(), self._first_train_epoch, replicas, rank)  # type: ignore[arg-type]
+        elif replicas > 1:
+            sampler = ShardSampler(len(dataset), replicas, rank)  # type: ignore[arg-type]
         return DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=self.batch_size,
@@ -253,8 +288,15 @@ class CatDogDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=default_collate,
             drop_last=stage == "fit",  # a last training batch of one image breaks train-mode BatchNorm
-            generator=sampler.generator if sampler is not None else None,
+            generator=sampler.generator if isinstance(sampler, EpochSampler) else None,
         )
+
+    def _processes(self) -> tuple[int, int]:
+        """(number of processes, this one's global rank) of the trainer running the loaders; (1, 0) without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint state: ``train_epoch``, the epoch a fit resumed from this checkpoint starts at."""

@@ -103,6 +103,7 @@ def plan_run(config: Any) -> PoutynePlan:
     if epochs is None or epochs < 1:
         raise CatDogError(f"trainer.max_epochs must be at least 1 for catdog poutyne, got {epochs}")
     check_save_model_epoch(options.save_model_epoch)  # before anything is written
+    check_one_process(trainer)
     data_dir = Path(config.data.data_dir)
     if not data_dir.is_dir():
         raise CatDogError(
@@ -129,6 +130,19 @@ def plan_run(config: Any) -> PoutynePlan:
         options=options,
         config=config.clone().as_dict(),
     )
+
+
+def check_one_process(trainer: Any) -> None:
+    """Refuse a ``trainer:`` section asking for several processes, devices or nodes: Poutyne trains in one."""
+    strategy = str(trainer.get("strategy") or "auto")
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+    several = devices not in (None, "auto", 1, "1") and not (isinstance(devices, list) and len(devices) == 1)
+    if "ddp" in strategy.lower() or "fsdp" in strategy.lower() or several or int(nodes) > 1:
+        raise CatDogError(
+            f"catdog poutyne trains in one process on one device, but the trainer config asks for strategy "
+            f"{strategy!r}, devices {devices!r}, num_nodes {nodes}; leave out configs/trainer/ddp.yaml (and "
+            "--trainer.devices/num_nodes) for catdog poutyne, or train on several devices with `catdog fit`"
+        )
 
 
 def callback_args(callbacks: Any, name: str) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@
 * :func:`set_bn_momentum`: one momentum on every BatchNorm layer.
 * :func:`recalibrate_batchnorm`: running statistics re-estimated on training batches before the validations
   of a short run (see :class:`catdog.training.module.CatDogClassifier`); a layer that saw too few values per channel
-  for that (:data:`DEFAULT_BN_MIN_VALUES`) keeps its own.
+  for that (:data:`DEFAULT_BN_MIN_VALUES`) keeps its own. In a distributed run the processes' estimates are
+  averaged, so every process (and the checkpoint rank 0 saves) holds the same statistics.
+* :func:`average_batchnorm_statistics`: the running statistics averaged across the processes of a distributed run.
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ def recalibrate_batchnorm(
     usable = (b for b in itertools.islice(batches, max_batches) if len(b[0] if isinstance(b, list | tuple) else b) > 1)
     first = next(usable, None)
     layers = batchnorm_layers(network)
-    if first is None or not layers:
-        return 0
+    seen = dict.fromkeys(layers, 0)
     used = 0
+    if not layers or (first is None and _world_size() == 1):
+        return 0
 
     def counted() -> Iterator[Any]:
         nonlocal used
@@ -105,24 +108,70 @@ def recalibrate_batchnorm(
             used += 1
             yield batch
 
-    seen = dict.fromkeys(layers, 0)
-
     def count(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         seen[layer] += inputs[0].numel() // inputs[0].shape[1]  # type: ignore[index]
 
     with torch.inference_mode(False), torch.no_grad():
         kept = {layer: [buffer.clone() for buffer in _statistics(layer)] for layer in layers}
-        hooks = [layer.register_forward_pre_hook(count) for layer in layers]
-        try:
-            update_bn(counted(), network, device=device)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        if first is not None:
+            hooks = [layer.register_forward_pre_hook(count) for layer in layers]
+            try:
+                update_bn(counted(), network, device=device)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        if _world_size() > 1:  # every process: the same statistics and the same decisions below
+            used, seen = _reduce_estimates(layers, used, seen)
         for layer in layers:
-            if seen[layer] < min_values:
+            if seen.get(layer, 0) < min_values:
                 for buffer, old in zip(_statistics(layer), kept[layer], strict=True):
                     buffer.copy_(old)
     return used
+
+
+def average_batchnorm_statistics(network: nn.Module) -> int:
+    """Average every BatchNorm layer's running mean and variance across the processes of a distributed run.
+
+    Each process of a data-parallel fit updates its running statistics with its own batches; averaged, every
+    process evaluates (and rank 0 saves) the same model. Returns the number of processes (1: nothing done).
+    """
+    world = _world_size()
+    if world > 1:
+        with torch.inference_mode(False), torch.no_grad():
+            _reduce_estimates(batchnorm_layers(network), 1, {})
+    return world
+
+
+def _world_size() -> int:
+    """The number of processes of the default process group; 1 outside a distributed run."""
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
+
+
+def _reduce_estimates(
+    layers: list[nn.modules.batchnorm._BatchNorm], used: int, seen: dict[Any, int]
+) -> tuple[int, dict[Any, int]]:
+    """Replace every process's running means and variances by their average weighted by ``used`` (batches read);
+    returns the batches and the values per channel of every process together."""
+    tracked = [layer for layer in layers if layer.running_mean is not None and layer.running_var is not None]
+    if not tracked:
+        return used, seen
+    device = tracked[0].running_mean.device  # type: ignore[union-attr]
+    stats = torch.cat([torch.cat([layer.running_mean, layer.running_var]) for layer in tracked])  # type: ignore[list-item]
+    counts = torch.tensor([used, *(seen.get(layer, 0) for layer in tracked)], dtype=torch.float64, device=device)
+    weighted = stats.double() * used
+    torch.distributed.all_reduce(weighted)
+    torch.distributed.all_reduce(counts)
+    total = counts[0].item()
+    if total > 0:
+        offset = 0
+        for layer in tracked:
+            size = layer.num_features
+            mean, var = weighted[offset : offset + size], weighted[offset + size : offset + 2 * size]
+            layer.running_mean.copy_(mean / total)  # type: ignore[union-attr]
+            layer.running_var.copy_(var / total)  # type: ignore[union-attr]
+            offset += 2 * size
+    return int(total), {layer: int(c) for layer, c in zip(tracked, counts[1:].tolist(), strict=True)}
 
 
 def _statistics(layer: nn.modules.batchnorm._BatchNorm) -> list[torch.Tensor]:

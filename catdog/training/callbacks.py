@@ -80,15 +80,18 @@ class RunRecorder(Timer):
         self._rows += list(zip(indices, p_dog, strict=True))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rows = self._gather(trainer, pl_module)
+        rows = gather_rows(trainer, self._rows)
         if not trainer.is_global_zero:
             return
         dataset = _test_loader(trainer).dataset
         data_dir = trainer.datamodule.data_dir  # type: ignore[attr-defined]
-        by_index = dict(rows)  # DistributedSampler pads with repeated images: keep one row each
+        by_index = dict(rows)
         order = sorted(by_index)
-        if order != list(range(len(dataset))):
-            raise CatDogError(f"test predictions cover {len(order)} of the {len(dataset)} test images")
+        if order != list(range(len(dataset))) or len(rows) != len(order):
+            raise CatDogError(
+                f"test predictions: {len(rows)} rows for {len(order)} of the {len(dataset)} test images (a sampler "
+                "that pads or drops images? the test loader must read every image once)"
+            )
         path = write_predictions(
             [relative_name(dataset.paths[i], data_dir) for i in order],
             [dataset.labels[i] for i in order],
@@ -112,13 +115,18 @@ class RunRecorder(Timer):
         if val_path is not None:
             print(f"validation predictions of the same weights written to {val_path}")
 
-    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, float]]:
-        """Every process's (index, P(dog)) rows (all of them on one process)."""
-        if trainer.world_size == 1:
-            return self._rows
-        local = torch.tensor(self._rows, dtype=torch.float64, device=pl_module.device).reshape(-1, 2)
-        gathered = pl_module.all_gather(local).reshape(-1, 2).cpu()  # equal sizes: DistributedSampler pads
-        return [(int(index), float(p)) for index, p in gathered.tolist()]
+
+def gather_rows(trainer: pl.Trainer, rows: list[Any]) -> list[Any]:
+    """Every process's ``rows``, concatenated in rank order (``rows`` itself in a run of one process).
+
+    Each process may hold a different number of rows (the evaluation loaders' shares differ by one image at
+    most); every process must call this, since it is a collective operation.
+    """
+    if trainer.world_size == 1:
+        return list(rows)
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, list(rows))
+    return [row for part in gathered for row in part]
 
 
 def _write_val_predictions(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
@@ -174,17 +182,18 @@ class EpochSeeds(Callback):
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
 
-    def reseed(self, epoch: int) -> int:
-        """Seed torch (every device), numpy and ``random`` for ``epoch`` (counted from 0); returns the seed."""
+    def reseed(self, epoch: int, rank: int = 0) -> int:
+        """Seed torch (every device), numpy and ``random`` for ``epoch`` (counted from 0) in the process of global
+        rank ``rank`` (the processes of a distributed run draw different dropout masks); returns the seed."""
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed = int(np.random.SeedSequence([base, epoch]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([base, epoch, *([rank] if rank else [])]).generate_state(1)[0])
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # every device's generator too
         return seed
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reseed(trainer.current_epoch)
+        self.reseed(trainer.current_epoch, trainer.global_rank)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -195,20 +204,27 @@ class PredictionWriter(BasePredictionWriter):
         self.filename = filename
 
     def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
-        if not trainer.is_global_zero or not predictions:
-            return
         loader = trainer.predict_dataloaders
         dataset = (loader[0] if isinstance(loader, list | tuple) else loader).dataset
         indices = [i for batch in (batch_indices[0] if batch_indices else []) for i in batch]
         probs = [row for out in predictions for row in out["probs"].tolist()]
-        if len(indices) != len(probs):  # no sampler indices recorded: loader order
-            indices = list(range(len(probs)))
+        if len(indices) != len(probs):
+            if trainer.world_size > 1:
+                raise RuntimeError(f"predict: {len(probs)} predictions for {len(indices)} sampled images")
+            indices = list(range(len(probs)))  # no sampler indices recorded: loader order
+        rows = gather_rows(trainer, list(zip(indices, probs, strict=True)))  # every process's images
+        if not trainer.is_global_zero or not rows:
+            return
+        by_index = dict(rows)
+        if len(rows) != len(by_index):
+            raise CatDogError(f"predict: {len(rows)} rows for {len(by_index)} images (the loader repeats images)")
         path = Path(trainer.default_root_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label", "prediction", "p_cat", "p_dog"])
-            for index, (p_cat, p_dog) in zip(indices, probs, strict=True):
+            for index in sorted(by_index):
+                p_cat, p_dog = by_index[index]
                 label = dataset.labels[index]
                 writer.writerow(
                     [

@@ -6,7 +6,8 @@ Typical use::
     catdog fit  -c configs/scratch.yaml            # + -c configs/pretrained.yaml --model.pretrained_file W
     catdog test -c configs/scratch.yaml --ckpt_path best     # best | last | PATH; default best
     catdog fit  -c configs/scratch.yaml --ckpt_path last     # resume: the epoch count continues
-    catdog fit  -c configs/scratch.yaml -c configs/trainer/ddp.yaml   # DDP (GPUs, nodes) through Lightning
+    catdog fit  -c configs/scratch.yaml -c configs/trainer/ddp.yaml   # DDP (GPUs, nodes): docs/distributed.md
+    catdog fit  -c configs/scratch.yaml -c configs/trainer/gpu.yaml   # the GPU recipe (bf16, channels_last, ...)
     catdog fit  -c configs/scratch.yaml --print_config      # the full, resolved configuration
 
 Everything a run writes lives under its **run dir**, ``trainer.default_root_dir`` (``runs/scratch`` and
@@ -52,11 +53,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from catdog import CatDogError
 from catdog.config_files import resolve_config_args
 from catdog.data import CatDogDataModule
+from catdog.training.distributed import check_trainer_devices, runs_on_cpu, timm_sync_batchnorm_plugin
 from catdog.training.module import CatDogClassifier
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -81,6 +84,11 @@ class CatDogCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_devices(config.trainer)
+        _add_sync_batchnorm_plugin(config.trainer)
+        if runs_on_cpu(config.trainer) and config.data.get("pin_memory"):
+            config.data.pin_memory = False  # pinned memory only speeds up copies to a GPU
+            print("data.pin_memory: off on the CPU (it speeds up copies to a GPU)")
         run_dir = Path(config.trainer.default_root_dir or DEFAULT_RUN_DIR)
         config.trainer.default_root_dir = str(run_dir)
         for callback in _as_list(config.trainer.get("callbacks")):
@@ -95,6 +103,16 @@ class CatDogCLI(LightningCLI):
             if config.ckpt_path:
                 # Every weight comes from the checkpoint: the pretrained file is not needed (nor read).
                 config.model.load_weights = False
+
+
+def _add_sync_batchnorm_plugin(trainer: Any) -> None:
+    """With ``trainer.sync_batchnorm``, add the plugin that keeps timm's BatchNormAct2d whole (unless the config
+    names a LayerSync plugin of its own)."""
+    if not trainer.get("sync_batchnorm"):
+        return
+    plugins = _as_list(trainer.get("plugins"))
+    if not any(_class_name(plugin).endswith("SyncBatchNorm") for plugin in plugins):
+        trainer.plugins = [*plugins, Namespace(timm_sync_batchnorm_plugin())]
 
 
 def _as_list(value: Any) -> list[Any]:

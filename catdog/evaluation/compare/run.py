@@ -1,7 +1,7 @@
 """``catdog compare``: every model of the comparison on one dataset, one recipe, one split, then one report.
 
     catdog compare -c configs/compare.yaml [--data dataset] [--out runs/compare] [--only NAME ...] [--force]
-                   [--recipe image_size=64 --recipe epochs=3 ...]
+                   [--recipe image_size=64 --recipe epochs=3 ...] [--devices cpu:2 | cuda:0,1] [--threads T]
 
 Plan: read the config (:mod:`catdog.evaluation.compare.plan`), choose the validation files once
 (:func:`catdog.data.splits.split_train`, stratified and seeded) and write them as ``<out>/val_files.txt``.
@@ -9,8 +9,9 @@ Do: run each trainer as its own process (``catdog fit``/``test``, ``catdog pouty
 keras_baselines``; catdog never imports TensorFlow), its output in ``<out>/<run>/run.log``, with a
 progress line (elapsed time, epoch). A run whose outputs are complete for the same commands is skipped
 (``--force`` reruns it); a run without its weights file is skipped with the reason; a failing run is
-reported with its log and the others go on. Calibrate: each run with results gets its calibration map,
-fitted on its own validation predictions (:mod:`catdog.calibration`; a run with too few
+reported with its log and the others go on. ``--devices`` runs several at a time, one per device
+(:mod:`catdog.evaluation.compare.devices`; each run's device is recorded). Calibrate: each run with results gets
+its calibration map, fitted on its own validation predictions (:mod:`catdog.calibration`; a run with too few
 validation images stays uncalibrated, saying why). Report: ``<out>/compare.json`` and ``<out>/results.md``
 (:mod:`catdog.evaluation.report.command`); the exit status is 1 when a run failed.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from catdog import CatDogError
 from catdog.calibration import CALIBRATION_FILENAME, calibrate_run
 from catdog.data.splits import split_train, write_file_list
+from catdog.evaluation.compare.devices import STOP, Slot, parse_devices, run_in_slots
 from catdog.evaluation.compare.plan import (
     PlannedRun,
     Recipe,
@@ -81,16 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe", action="append", default=[], metavar="KEY=VALUE",
         help="change a setting of the shared recipe, e.g. --recipe image_size=64 --recipe epochs=3",
     )  # fmt: skip
+    parser.add_argument(
+        "--devices", default=None, metavar="SPEC",
+        help="run several runs at a time, one per device: cpu:N (N CPU slots) or GPU ids (cuda:0,1); "
+        "default: one after the other",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per run (default: the CPUs split between the slots)"
+    )
     args = parser.parse_args(argv)
     config = args.config or default_config()
-    return compare(config, data=args.data, out=args.out, only=args.only, force=args.force, recipe=args.recipe)
+    slots = parse_devices(args.devices, args.threads)
+    return compare(config, data=args.data, out=args.out, only=args.only, force=args.force, recipe=args.recipe,
+                   slots=slots)  # fmt: skip
 
 
 def compare(
     config_path: Path, data: Path | None = None, out: Path | None = None, only: list[str] | None = None,
-    force: bool = False, recipe: list[str] | None = None,
+    force: bool = False, recipe: list[str] | None = None, slots: list[Slot] | None = None,
 ) -> int:  # fmt: skip
-    """Run the comparison; returns the exit status (1 when a run failed)."""
+    """Run the comparison, the runs on ``slots`` (default: one after the other); returns the exit status (1 when a
+    run failed)."""
     start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     config = override_recipe(load_config(config_path), recipe or [])
     data = (data or config.data).resolve()
@@ -102,16 +115,16 @@ def compare(
     val_files = _choose_val_files(data, out, config.recipe)
     planned = plan_runs(config, data, out, val_files)
     previous = _previous_record(out)
+    tags = {run.spec.name: f"[{index}/{len(planned)}] {run.spec.name}" for index, run in enumerate(planned, start=1)}
+    chosen = [run for run in planned if only is None or run.spec.name in only]
+    done = run_in_slots(chosen, slots or [Slot("default")],
+                        lambda run, slot: _execute_and_calibrate(run, out, tags[run.spec.name], force, previous,
+                                                                 slot))  # fmt: skip
+    by_name = {entry.name: entry for entry in done}
     entries = []
-    for index, run in enumerate(planned, start=1):
-        tag = f"[{index}/{len(planned)}] {run.spec.name}"
-        if only is not None and run.spec.name not in only:
-            old = previous.entry(run.spec.name) if previous else None
-            entries.append(old or _entry(run, out, "skipped", "not selected (--only)"))
-            continue
-        entries.append(_execute(run, out, tag, force, previous))
-        if entries[-1].status in ("done", "complete"):
-            _calibrate(run, tag)
+    for run in planned:  # a run not selected keeps its old entry
+        old = previous.entry(run.spec.name) if previous else None
+        entries.append(by_name.get(run.spec.name) or old or _entry(run, out, "skipped", "not selected (--only)"))
     total = time.perf_counter() - start
     record = ComparisonRecord(str(data), recipe_dict(config.recipe), describe_device(), VAL_FILES, entries, total)
     record.write(out)
@@ -146,7 +159,7 @@ def _previous_record(out: Path) -> ComparisonRecord | None:
 
 def _entry(
     run: PlannedRun, out: Path, status: str, reason: str = "", seconds: float | None = None,
-    cpu_seconds: float | None = None,
+    cpu_seconds: float | None = None, device: str | None = None,
 ) -> RunRecord:  # fmt: skip
     log = run.run_dir / RUN_LOG
     return RunRecord(
@@ -160,6 +173,7 @@ def _entry(
         cpu_seconds=cpu_seconds,
         overrides={**run.spec.overrides, **({"args": " ".join(run.spec.args)} if run.spec.args else {})},
         command=[" ".join(command[1:]) for command in run.commands],
+        device=device,
     )
 
 
@@ -182,7 +196,9 @@ def is_complete(run: PlannedRun, val_files: Path) -> bool:
     return True
 
 
-def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: ComparisonRecord | None) -> RunRecord:
+def _execute(
+    run: PlannedRun, out: Path, tag: str, force: bool, previous: ComparisonRecord | None, slot: Slot
+) -> RunRecord:
     val_files = out / VAL_FILES
     if run.missing:
         print(f"{tag}: skipped: {run.missing}")
@@ -191,41 +207,47 @@ def _execute(run: PlannedRun, out: Path, tag: str, force: bool, previous: Compar
         old = previous.entry(run.spec.name) if previous else None
         print(f"{tag}: complete, not rerun (--force reruns it)")
         return _entry(run, out, "complete", seconds=old.seconds if old else None,
-                      cpu_seconds=old.cpu_seconds if old else None)  # fmt: skip
-    for stale in (
-        DONE_FILE,
-        METRICS_FILENAME,
-        PREDICTIONS_FILENAME,
-        VAL_PREDICTIONS_FILENAME,
-        CALIBRATION_FILENAME,
-    ):  # a failed rerun must not leave old results
+                      cpu_seconds=old.cpu_seconds if old else None, device=old.device if old else None)  # fmt: skip
+    stale_files = (DONE_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME, VAL_PREDICTIONS_FILENAME, CALIBRATION_FILENAME)
+    for stale in stale_files:  # a failed rerun must not leave old results
         (run.run_dir / stale).unlink(missing_ok=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     log = run.run_dir / RUN_LOG
-    print(f"{tag}: started ({run.spec.trainer}; log {log})", flush=True)
-    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
+    print(f"{tag}: started ({run.spec.trainer}; {slot.name}; log {log})", flush=True)
+    start, cpu = time.perf_counter(), 0.0
     with log.open("w") as handle:
         watch = EpochWatch(run, log)
         for shown, command in _processes(run.commands):
             handle.write("".join(f"$ {' '.join(line)}\n" for line in shown))
             handle.flush()
-            status = _run_command(command, handle, log, tag, start, watch)
+            status, used = _run_command(command, handle, log, tag, start, watch, slot.env)
+            cpu += used
             if status != 0:
-                seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
+                seconds = time.perf_counter() - start
                 what = " then ".join(" ".join(line[1:4]) for line in shown)
                 reason = f"exit status {status} from `{what}`: {_last_line(log)}"
                 print(f"{tag}: FAILED after {format_duration(seconds)}: {reason} (log {log})", flush=True)
-                return _entry(run, out, "failed", reason, seconds, cpu)
-    seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu_start
+                return _entry(run, out, "failed", reason, seconds, cpu, slot.name)
+    seconds = time.perf_counter() - start
     if not (run.run_dir / METRICS_FILENAME).is_file() or not (run.run_dir / PREDICTIONS_FILENAME).is_file():
         reason = f"finished without {METRICS_FILENAME} and {PREDICTIONS_FILENAME} in {run.run_dir}"
         print(f"{tag}: FAILED: {reason}", flush=True)
-        return _entry(run, out, "failed", reason, seconds, cpu)
+        return _entry(run, out, "failed", reason, seconds, cpu, slot.name)
     (run.run_dir / DONE_FILE).write_text(json.dumps(_fingerprint(run, val_files), indent=2) + "\n")
     accuracy = read_predictions(run.run_dir / PREDICTIONS_FILENAME).score().accuracy
     print(f"{tag}: done in {format_duration(seconds)}, CPU time {format_duration(cpu)} (test accuracy {accuracy:.4f})",
           flush=True)  # fmt: skip
-    return _entry(run, out, "done", seconds=seconds, cpu_seconds=cpu)
+    return _entry(run, out, "done", seconds=seconds, cpu_seconds=cpu, device=slot.name)
+
+
+def _execute_and_calibrate(
+    run: PlannedRun, out: Path, tag: str, force: bool, previous: ComparisonRecord | None, slot: Slot
+) -> RunRecord:
+    """:func:`_execute` the run, then fit its calibration map when it has results."""
+    entry = _execute(run, out, tag, force, previous, slot)
+    if entry.status in ("done", "complete"):
+        _calibrate(run, tag)
+    return entry
 
 
 def _calibrate(run: PlannedRun, tag: str) -> None:
@@ -256,15 +278,26 @@ def _processes(commands: list[list[str]]) -> list[tuple[list[list[str]], list[st
     return [([command], command) for command in commands]
 
 
-def _run_command(command: list[str], handle, log: Path, tag: str, start: float, watch: EpochWatch) -> int:
-    """Run one command, its output appended to ``log``; print a line when the epoch changes or every 30 s."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _run_command(
+    command: list[str], handle, log: Path, tag: str, start: float, watch: EpochWatch, slot_env: dict[str, str]
+) -> tuple[int, float]:
+    """Run one command, its output appended to ``log``; print a line when the epoch changes or every 30 s.
+
+    Returns the exit status and the CPU time (user + system) of the process and the children it waited for.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot_env}
     env.setdefault("WANDB_MODE", "offline")
     env.setdefault("WANDB_SILENT", "true")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     shown, last_print = None, time.perf_counter()
     try:
-        while process.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:  # reaped here, with its own resource usage (runs beside it are not counted)
+                process.returncode = os.waitstatus_to_exitcode(status)
+                return process.returncode, usage.ru_utime + usage.ru_stime
+            if STOP.is_set():
+                raise KeyboardInterrupt
             time.sleep(1.0)
             epoch = watch()
             now = time.perf_counter()
@@ -275,7 +308,6 @@ def _run_command(command: list[str], handle, log: Path, tag: str, start: float, 
         process.terminate()
         process.wait()
         raise
-    return process.returncode
 
 
 class EpochWatch:

@@ -66,7 +66,8 @@ class RunRecord:
     ``status`` is ``done`` (trained and tested now), ``complete`` (outputs found, not rerun), ``failed``
     (``reason`` and ``log`` say why) or ``skipped`` (e.g. missing weights; ``reason`` says what to do).
     ``run_dir`` is relative to the record's folder; ``seconds`` is wall time, ``cpu_seconds`` the CPU time
-    (user + system) of the run's processes.
+    (user + system) of the run's processes; ``device`` where it ran (``catdog compare --devices``: a GPU or a CPU
+    slot; ``default``: the environment as it was).
     """
 
     name: str
@@ -79,6 +80,7 @@ class RunRecord:
     cpu_seconds: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
+    device: str | None = None
 
 
 @dataclass

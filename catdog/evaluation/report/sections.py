@@ -232,6 +232,9 @@ def _setup_section(found: Collected, record: ComparisonRecord | None) -> tuple[s
         if record.total_seconds is not None:
             lines.append(f"- last `catdog compare` call: {format_duration(record.total_seconds)} (runs found complete "
                          "are not rerun)")  # fmt: skip
+        devices = [e for e in record.runs if e.device and e.device != "default"]
+        if devices:
+            lines.append("- devices of the runs: " + ", ".join(f"{e.name} on {e.device}" for e in devices))
         overrides = [e for e in record.runs if e.overrides]
         for entry in overrides:
             lines.append(f"- overrides of {entry.name}: " + ", ".join(f"{k} {v}" for k, v in entry.overrides.items()))
