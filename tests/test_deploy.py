@@ -107,9 +107,32 @@ def _namespaced() -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 # policy
 # --------------------------------------------------------------------------------------------------
-def checkov(folder: Path) -> dict:
+#: checkov pins packaging<24 and networkx<2.7, which the project's own packages outgrew (pytest needs
+#: packaging>=24), so it lives in a venv of its own under .tools/ (made once, from PyPI), never in the project's.
+CHECKOV_VERSION = "3.3.30"
+CHECKOV_VENV = ROOT / ".tools" / f"checkov-{CHECKOV_VERSION}"
+
+
+@pytest.fixture(scope="session")
+def checkov_command(skip_or_fail) -> list[str]:
+    """The checkov command: ``CATDOG_CHECKOV`` if set, else checkov in its own venv under .tools/ (installed once)."""
+    if os.environ.get("CATDOG_CHECKOV"):
+        return [os.environ["CATDOG_CHECKOV"]]
+    binary = CHECKOV_VENV / "bin" / "checkov"
+    if not binary.exists():
+        made = subprocess.run([sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)], capture_output=True)
+        pip = [str(CHECKOV_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+        done = made.returncode == 0 and subprocess.run([*pip, f"checkov=={CHECKOV_VERSION}"], capture_output=True,
+                                                       text=True, timeout=1200)  # fmt: skip
+        if not done or done.returncode != 0 or not binary.exists():
+            detail = done.stderr[-1500:] if done else made.stderr.decode()[-1500:]
+            skip_or_fail(f"checkov {CHECKOV_VERSION} could not be installed in {CHECKOV_VENV}: {detail}", "checkov")
+    return [str(binary)]
+
+
+def checkov(command: list[str], folder: Path) -> dict:
     """checkov's Kubernetes checks on ``folder``, offline (no download, no platform), as its JSON report."""
-    command = [sys.executable, "-m", "checkov.main", "-d", str(folder), "--framework", "kubernetes", "-o", "json"]
+    command = [*command, "-d", str(folder), "--framework", "kubernetes", "-o", "json"]
     command += ["--skip-download", "--skip-check", ",".join(SKIPPED_CHECKS)]
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
@@ -119,7 +142,9 @@ def checkov(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_policy_check_passes_every_hardening_rule_and_catches_a_weakened_pod(tmp_path: Path) -> None:
+def test_policy_check_passes_every_hardening_rule_and_catches_a_weakened_pod(
+    tmp_path: Path, checkov_command: list[str]
+) -> None:
     for path in DEPLOY.glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     weak = copy.deepcopy(resource("Deployment"))
@@ -130,7 +155,7 @@ def test_policy_check_passes_every_hardening_rule_and_catches_a_weakened_pod(tmp
     weak["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
     (tmp_path / "weak.yaml").write_text(yaml.safe_dump(weak))
 
-    report = checkov(tmp_path)
+    report = checkov(checkov_command, tmp_path)
     results = report["results"]
     failed: dict[str, set[str]] = {}
     for check in results["failed_checks"]:

@@ -247,7 +247,8 @@ class CatDogDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._check_data_dir()
         config = self.preprocess_config
-        if stage in (None, "fit", "validate") and self.train_set is None:
+        # the validation split at test too: the test writes val_predictions.csv with the same weights (calibration)
+        if stage in (None, "fit", "validate", "test") and self.train_set is None:
             split = split_train(self.data_dir, self.val_fraction, self.seed, self.val_files, self.val_split)
             augment = train_augmentation(config, scale=self.augment_scale) if self.augment else None  # type: ignore[arg-type]
             self.train_set = ImageDataset(split.train_paths, split.train_labels, config, augment, self.max_pixels)

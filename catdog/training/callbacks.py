@@ -81,6 +81,7 @@ class RunRecorder(Timer):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rows = gather_rows(trainer, self._rows)
+        val_rows = _val_rows(trainer, pl_module)  # every process evaluates its share of the validation split
         if not trainer.is_global_zero:
             return
         dataset = _test_loader(trainer).dataset
@@ -111,7 +112,7 @@ class RunRecorder(Timer):
             checkpoint=str(Path(ckpt_path).resolve()) if ckpt_path else None,
         )
         print(f"predictions written to {path}; metrics written to {write_metrics(metrics, trainer.default_root_dir)}")
-        val_path = _write_val_predictions(trainer, pl_module)
+        val_path = _write_val_predictions(trainer, val_rows)
         if val_path is not None:
             print(f"validation predictions of the same weights written to {val_path}")
 
@@ -129,16 +130,14 @@ def gather_rows(trainer: pl.Trainer, rows: list[Any]) -> list[Any]:
     return [row for part in gathered for row in part]
 
 
-def _write_val_predictions(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
-    """P(dog) of every validation image (the data module's split, in order) with the weights under test, written
-    as ``val_predictions.csv``; None when the data module has no validation split. Runs on this process only."""
+def _val_rows(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, float]] | None:
+    """(index, P(dog)) of every validation image, from every process (each evaluates its loader's share) with
+    the weights under test; None when the data module has no validation split. Every process must call it."""
     datamodule = trainer.datamodule  # type: ignore[attr-defined]
-    if datamodule is None or not hasattr(datamodule, "val_dataloader"):
+    if datamodule is None or getattr(datamodule, "val_set", None) is None or not len(datamodule.val_set):
         return None
     loader = datamodule.val_dataloader()
-    dataset = loader.dataset
-    if not len(dataset):
-        return None
+    indices = [index for batch in loader.batch_sampler for index in batch]
     was_training = pl_module.training
     pl_module.eval()
     p_dog: list[float] = []
@@ -147,7 +146,20 @@ def _write_val_predictions(trainer: pl.Trainer, pl_module: pl.LightningModule) -
             logits = pl_module(images.to(pl_module.device))
             p_dog += logits.double().softmax(dim=1)[:, 1].cpu().tolist()
     pl_module.train(was_training)
+    return gather_rows(trainer, list(zip(indices, p_dog, strict=True)))
+
+
+def _write_val_predictions(trainer: pl.Trainer, rows: list[tuple[int, float]] | None) -> Path | None:
+    """``val_predictions.csv``: the validation split in its order, with the P(dog) of ``rows`` (every image once)."""
+    if rows is None:
+        return None
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]
+    dataset = datamodule.val_set
+    by_index = dict(rows)
+    if sorted(by_index) != list(range(len(dataset))) or len(rows) != len(by_index):
+        raise CatDogError(f"validation predictions: {len(rows)} rows for the {len(dataset)} validation images")
     names = [relative_name(path, datamodule.data_dir) for path in dataset.paths]
+    p_dog = [by_index[i] for i in range(len(dataset))]
     return write_predictions(names, dataset.labels, p_dog, trainer.default_root_dir, VAL_PREDICTIONS_FILENAME)
 
 

@@ -22,13 +22,13 @@ import pytest
 import timm
 import torch
 import yaml
-from catdog.metrics import read_predictions
 from train_helpers import CSV_ONLY, ROOT, SCRATCH, fit_options, fused_sample
 
 from catdog.cli import main
 from catdog.data.datamodule import EpochSampler, ShardSampler
 from catdog.evaluation.compare.devices import parse_devices
 from catdog.evaluation.report.collect import read_record
+from catdog.metrics import read_predictions
 from catdog.training.distributed import TimmSyncBatchNorm
 
 DDP = str(ROOT / "configs" / "trainer" / "ddp.yaml")
@@ -59,6 +59,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _first_error(output: str) -> str:
+    """The output from the first traceback on (where the failing process says why), else its end."""
+    start = output.find("Traceback")
+    return output[start : start + 6000] if start >= 0 else output[-4000:]
+
+
 def torchrun(commands: list[list[str]], cwd: Path, nodes: int = 1) -> None:
     """``commands`` in two processes: one node of two, or ``nodes`` "nodes" of one process each on localhost."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
@@ -76,7 +82,7 @@ def torchrun(commands: list[list[str]], cwd: Path, nodes: int = 1) -> None:
     ]  # fmt: skip
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-4000:]
+        assert process.returncode == 0, _first_error(output)
 
 
 def state_dict(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -228,10 +234,11 @@ def test_distributed_validate_test_and_predict_equal_one_process(dataset: Path, 
     assert all(abs(one[k] - two[k]) < 1e-6 for k in one), (one, two)
     assert abs(fit_logged(ddp_run, "val_loss")[1] - one["val_loss"]) < 1e-6  # the fit's last validation
 
-    expected, got = read_predictions(tmp_path / "predictions.csv"), read_predictions(ddp_run / "predictions.csv")
-    assert len(got.files) == len(set(got.files)) == 19
-    assert list(got.files) == list(expected.files) and list(got.labels) == list(expected.labels)
-    assert max(abs(a - b) for a, b in zip(got.p_dog, expected.p_dog, strict=True)) < 1e-6
+    for name, count in (("predictions.csv", 19), ("val_predictions.csv", 9)):  # test, and validation for calibrate
+        expected, got = read_predictions(tmp_path / name), read_predictions(ddp_run / name)
+        assert len(got.files) == len(set(got.files)) == count, name
+        assert list(got.files) == list(expected.files) and list(got.labels) == list(expected.labels), name
+        assert max(abs(a - b) for a, b in zip(got.p_dog, expected.p_dog, strict=True)) < 1e-6, name
     rows, reference = predict_rows(ddp_run), predict_rows(tmp_path)
     assert [path for path, _ in rows] == [path for path, _ in reference] and len({p for p, _ in rows}) == 19
     assert max(abs(a[1] - b[1]) for a, b in zip(rows, reference, strict=True)) < 1e-6
