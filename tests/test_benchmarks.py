@@ -7,6 +7,7 @@ a benchmark fails here instead of the next time someone measures. Each runs as a
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import re
@@ -72,6 +73,23 @@ def test_every_benchmark_is_checked() -> None:
     """A new script in benchmarks/ gets a quick run here too."""
     scripts = {path.stem for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_")}
     assert scripts == set(FIGURES)
+
+
+def test_quick_sets_the_smallest_settings_and_given_options_win() -> None:
+    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "_common.py")
+    assert spec and spec.loader
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+
+    def parse(*argv: str) -> dict[str, object]:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--steps", type=int, default=20)
+        parser.add_argument("--model", default="tf_efficientnetv2_b2")
+        return vars(common.parse_args(parser, list(argv), {"steps": 2, "model": "test_efficientnet"}))
+
+    assert parse() == {"steps": 20, "model": "tf_efficientnetv2_b2", "quick": False}
+    assert parse("--quick") == {"steps": 2, "model": "test_efficientnet", "quick": True}
+    assert parse("--steps", "5", "--quick") == {"steps": 5, "model": "test_efficientnet", "quick": True}
 
 
 def run_quick(name: str) -> str:

@@ -267,7 +267,6 @@ def test_the_plan_places_every_file_before_anything_is_written(sources, tmp_path
     arguments = fusion_arguments(sources.cats_source, sources.dogs_source, 20, 8, None, None, 2, "copy", "quick")
     with Source(sources.cats_source, "cats") as cats, Source(sources.dogs_source, "dogs") as dogs:
         plan = make_plan(cats, dogs, arguments, workers=2, progress=False)
-    assert not any(tmp_path.glob("*dataset*"))  # planning wrote nothing
 
     placed = plan.placed
     train_dogs = sum(1 for i in placed if i.split == "train" and i.label == "dog")
@@ -287,6 +286,21 @@ def test_the_plan_places_every_file_before_anything_is_written(sources, tmp_path
     assert _files(out) == {i.destination: i.sha256 for i in placed}
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert list(manifest["source"]) == [i.file.ref for i in plan.items]
+
+
+def test_a_source_that_fails_the_plan_leaves_an_existing_output_untouched(tmp_path: Path) -> None:
+    """Even with ``overwrite``: the plan reads and checks every file (two corrupt cats leave 28 usable, one too
+    few) before anything under ``out`` changes."""
+    src = generate(tmp_path / "kaggle", corrupt=2, **SMALL)
+    out = tmp_path / "dataset"
+    fuse(src.cats_source, src.dogs_source, out, cat_train=20, cat_test=8, progress=False)
+    before = {name: (mtime, (out / name).read_bytes()) for name, mtime in _mtimes(out).items()}
+    folders = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_dir())
+    with pytest.raises(CatDogError, match="only 28 usable cats"):
+        fuse(src.cats_source, src.dogs_source, out, cat_train=20, cat_test=9, overwrite=True, progress=False)
+    assert {name: (mtime, (out / name).read_bytes()) for name, mtime in _mtimes(out).items()} == before
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_dir()) == folders
+    assert json.loads((out / "split.json").read_text())["arguments"]["cat_test"] == 8
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, 3 * (1 << 20) + 7])

@@ -146,6 +146,39 @@ def test_the_server_serves_the_int8_model_like_any_other(exported: dict, fused_d
         assert softmax(logits)[0, 1] == pytest.approx(p_dog, abs=1e-9)
 
 
+def test_catdog_serve_answers_with_the_int8_model_over_http(
+    exported: dict, fused_dataset: Path, no_torch_path: str, tmp_path: Path
+) -> None:
+    """Both files served at once: each endpoint answers what its own evaluation recorded for the same image."""
+    import requests
+    from serve_helpers import ATOL, post, served
+
+    from catdog.evaluation.metrics import read_predictions
+
+    eval_dir = exported["int8"].with_name("small.int8-eval")
+    recorded = {name: read_predictions(eval_dir / name / "predictions.csv") for name in ("fp32", "int8")}
+    assert recorded["fp32"].files == recorded["int8"].files
+    gaps = np.abs(recorded["fp32"].p_dog - recorded["int8"].p_dog)
+    chosen = np.argsort(gaps)[-4:]  # where int8 and fp32 differ most, so the served answers tell them apart
+    assert gaps[chosen].min() > 10 * ATOL
+    models = {"small": exported["fp32"], "small-int8": exported["int8"]}
+    with served(
+        [f"--model={name}={path}" for name, path in models.items()], tmp_path / "serve.log", no_torch_path
+    ) as server:
+        health = requests.get(f"{server.url}/health", timeout=30).json()
+        assert health["models"]["small-int8"]["endpoint"] == "/predict/small-int8"
+        for index in chosen:
+            image = (fused_dataset / recorded["int8"].files[index]).read_bytes()
+            for name, precision in (("small", "fp32"), ("small-int8", "int8")):
+                response = post(server, name, image)
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["model"] == name and list(body["probabilities"]) == ["Cat", "Dog"]
+                expected = recorded[precision].p_dog[index]
+                assert body["probabilities"]["Dog"] == pytest.approx(expected, abs=ATOL), (name, index)
+                assert body["label"] == ("Dog" if body["probabilities"]["Dog"] > 0.5 else "Cat")
+
+
 def test_calibration_images_come_from_the_train_split_class_balanced(fused_dataset: Path) -> None:
     from catdog.export.quantize import calibration_files
 

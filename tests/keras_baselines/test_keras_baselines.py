@@ -300,16 +300,58 @@ def test_recalibration_keeps_the_statistics_of_a_layer_that_saw_too_few_values()
     assert np.abs(np.asarray(model.get_layer("deep").moving_variance) - deep_before).max() > 0.01
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_every_baseline_tells_its_batchnorm_layers_values_per_image(all_runs: Path, name: str) -> None:
+def _channels_last_model() -> keras.Model:
+    """BatchNorm on a 4 x 4 conv output (16 values per image), after pooling to 1 x 1 (1), after Dense (1)."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    x = keras.layers.Reshape((1, 1, 4))(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(8)(keras.layers.Flatten()(x)))
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def _channels_first_and_nested_model() -> keras.Model:
+    """BatchNorm on axis 1 of (4, 5, 7) (35 values per image), then inside a nested model on axis 2 (28)."""
+    inputs = keras.Input((4, 5, 7))
+    x = keras.layers.BatchNormalization(axis=1)(inputs)
+    inner_input = keras.Input((4, 5, 7))
+    inner = keras.Model(inner_input, keras.layers.BatchNormalization(axis=2)(inner_input), name="inner")
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inner(x))))
+
+
+#: Two saved baselines (first and last layer: the stem's stride-2 conv leaves 16 x 16 of a 32 px image, the
+#: last stage 1 x 1) and two built here (every layer).
+BATCHNORM_CASES = {
+    "effnetv2b2_scratch": (256, 1),
+    "effnetv2b2_imagenet": (256, 1),
+    "channels_last": [16, 1, 1],
+    "channels_first_and_nested": [35, 28],
+}
+
+
+@pytest.mark.parametrize("case", BATCHNORM_CASES)
+def test_batchnorm_layers_tell_their_values_per_image(request: pytest.FixtureRequest, case: str) -> None:
+    """Values per channel one image gives each BatchNorm layer: the product of its input's non-channel sizes."""
     from keras_baselines.callbacks import _values_per_channel
     from keras_baselines.models import batch_norm_layers
 
-    model = keras.saving.load_model(all_runs / name / "checkpoints" / "best.keras")
+    built = {"channels_last": _channels_last_model, "channels_first_and_nested": _channels_first_and_nested_model}
+    if case in built:
+        assert [_values_per_channel(layer) for layer in batch_norm_layers(built[case]())] == BATCHNORM_CASES[case]
+        return
+    all_runs = request.getfixturevalue("all_runs")  # trains the four baselines: only for the saved cases
+    model = keras.saving.load_model(all_runs / case / "checkpoints" / "best.keras")
     values = [_values_per_channel(layer) for layer in batch_norm_layers(model)]
-    assert all(v >= 1 for v in values)
-    if values:  # the first layers see (almost) the whole image, the last ones a few pixels
-        assert values[0] >= 8 * 8 and values[-1] < values[0]
+    assert len(values) > 50
+    assert (values[0], values[-1]) == BATCHNORM_CASES[case]
+    assert values == sorted(values, reverse=True)  # the resolution only falls through the network
+
+
+@pytest.mark.parametrize("name", ["custom_cnn", "vgg16"])
+def test_the_custom_cnn_and_vgg16_have_no_batchnorm_layers(all_runs: Path, name: str) -> None:
+    from keras_baselines.models import batch_norm_layers
+
+    assert batch_norm_layers(keras.saving.load_model(all_runs / name / "checkpoints" / "best.keras")) == []
 
 
 def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> None:

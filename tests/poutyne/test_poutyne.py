@@ -14,7 +14,7 @@ import poutyne
 import pytest
 import torch
 import torchmetrics
-from train_helpers import CSV_ONLY, POUTYNE, PRETRAINED, SCRATCH, logged
+from train_helpers import CSV_ONLY, POUTYNE, PRETRAINED, SCRATCH, assert_head_only_then_everything_trains, logged
 
 from catdog.cli import main
 from catdog.metrics import read_metrics, read_predictions, run_metrics_from_predictions
@@ -333,6 +333,54 @@ def test_three_epochs_match_lightning(fused_dataset: Path, weights_file: Path, t
     lightning_metrics = read_metrics(l_dir / "metrics.json")
     assert lightning_metrics.framework == "lightning" and run.metrics.framework == "poutyne"
     assert abs(run.metrics.accuracy - lightning_metrics.accuracy) <= 1 / run.metrics.n_test + 1e-9
+
+
+class ParameterWatch(poutyne.Callback):
+    """Every network parameter before training and at the end of each epoch, and those that train in each epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start: dict[str, torch.Tensor] = {}
+        self.ends: list[dict[str, torch.Tensor]] = []
+        self.trainable: list[set[str]] = []
+        self.first_batch = False
+
+    def _parameters(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.model.network.named_parameters()}
+
+    def on_train_begin(self, logs: dict) -> None:
+        self.start = self._parameters()
+
+    def on_epoch_begin(self, epoch_number: int, logs: dict) -> None:
+        self.first_batch = True
+
+    def on_train_batch_begin(self, batch_number: int, logs: dict) -> None:
+        if self.first_batch:  # after every on_epoch_begin, the freeze callback's included
+            self.first_batch = False
+            self.trainable.append({name for name, p in self.model.network.named_parameters() if p.requires_grad})
+
+    def on_epoch_end(self, epoch_number: int, logs: dict) -> None:
+        self.ends.append(self._parameters())
+
+
+def test_pretrained_config_trains_the_head_first_then_the_whole_network(fused_dataset: Path, tmp_path: Path) -> None:
+    """``freeze_backbone_epochs: 1`` of configs/pretrained.yaml, run past the frozen epoch, as ``catdog fit`` does."""
+    import timm
+
+    weights = tmp_path / f"{MODEL}.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model(MODEL, pretrained=False).state_dict(), weights)  # a 1000-class head
+    watch = ParameterWatch()
+    extra = ["--model.pretrained_file", str(weights), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2"]
+    run = train_poutyne(poutyne_args(fused_dataset, tmp_path / "run", *extra, config=(SCRATCH, PRETRAINED)), [watch])
+    assert [int(row["epoch"]) for row in run.history] == [1, 2] and len(watch.ends) == 2
+    network = build_network(MODEL)
+    head_ids = {id(p) for p in network.get_classifier().parameters()}
+    head = {name for name, p in network.named_parameters() if id(p) in head_ids}
+    assert_head_only_then_everything_trains(watch.start, watch.ends, watch.trainable, head)
+    saved = torch.load(weights, weights_only=True)  # the backbone started from the file (the head is new)
+    for name in set(watch.start) - head:
+        torch.testing.assert_close(watch.start[name], saved[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.fixture(scope="module")
