@@ -21,7 +21,7 @@ from catdog.evaluation.report.collect import read_record
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = "lightning-scratch"
 RECIPE = dict(image_size=32, epochs=1, batch_size=8, steps_per_epoch=1, num_workers=0, accelerator="cpu",
               val_split="breed")  # fmt: skip
