@@ -16,8 +16,8 @@ import yaml
 
 from catdog.cli import main as catdog
 from catdog.data.splits import read_file_list, split_train
-from catdog.evaluation.metrics import read_metrics, read_predictions
 from catdog.evaluation.report.collect import read_record
+from catdog.metrics import read_metrics, read_predictions
 
 pytestmark = pytest.mark.slow
 

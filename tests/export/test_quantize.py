@@ -153,7 +153,7 @@ def test_catdog_serve_answers_with_the_int8_model_over_http(
     import requests
     from serve_helpers import ATOL, post, served
 
-    from catdog.evaluation.metrics import read_predictions
+    from catdog.metrics import read_predictions
 
     eval_dir = exported["int8"].with_name("small.int8-eval")
     recorded = {name: read_predictions(eval_dir / name / "predictions.csv") for name in ("fp32", "int8")}
