@@ -290,6 +290,7 @@ def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds:
         write_metrics,
         write_predictions,
     )
+    from catdog.training.batchnorm import batchnorm_layers
     from catdog.training.network import count_parameters
 
     best = plan.run_dir / "checkpoints" / "best.ckpt"
@@ -306,7 +307,7 @@ def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds:
     p_dog = logits.double().softmax(dim=1)[:, 1].tolist()
     files = [relative_name(p, dm.data_dir) for p in dataset.paths]
     predictions = write_predictions(files, dataset.labels, p_dog, plan.run_dir)
-    warning = read_predictions(predictions).score().collapse_warning()
+    warning = read_predictions(predictions).score().collapse_warning(len(batchnorm_layers(setup.network)))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     metrics = run_metrics_from_predictions(
