@@ -149,7 +149,7 @@ class Scores:
             return None
         if batchnorm_layers is None:
             cause = ("where the model has BatchNorm layers, typically running statistics that do not match the "
-                     "trained weights after a short run; otherwise an output bias the run has not yet learned")  # fmt: skip
+                     "trained weights after a short run; otherwise an output bias not yet learned")  # fmt: skip
         elif batchnorm_layers > 0:
             cause = (f"the model has {batchnorm_layers} BatchNorm layer(s): typically their running statistics do "
                      "not match the trained weights after a short run")  # fmt: skip
