@@ -8,7 +8,7 @@ another order and a short run on a few hundred images ends elsewhere. Each scena
 fresh process whose environment (:func:`catdog.utils.cpu_kernel_env`) limits oneDNN, ATen and MKL to that
 instruction set and thread count, as ``pytest --cpu-isa ISA --threads N`` does for the tests. Printed: one
 line per run with its figures, then each figure's minimum and maximum: the tests' thresholds sit below the
-minimum. ``--quick`` runs the smallest form (16 px, 1 epoch, one seed, the machine's own kernels).
+minimum. ``--quick`` runs the smallest form (32 px, 1 epoch, one seed, the machine's own kernels).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", default=["avx512x2", "avx512x1", "avx2x1", "sse41x1"],
                         help="<isa>x<threads>, isa one of avx512, avx2, sse41, native")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    parser.add_argument("--quick", action="store_true", help="16 px, 1 epoch, one seed, native kernels")
+    parser.add_argument("--quick", action="store_true", help="32 px, 1 epoch, one seed, native kernels")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.scenarios = args.scenarios or list(SCENARIOS)
@@ -169,7 +169,7 @@ def main() -> None:
     if args.child:
         function, size, epochs = SCENARIOS[args.child]
         with tempfile.TemporaryDirectory() as tmp:
-            figures = function(Path(tmp), args.seeds[0], 16 if args.quick else size, 1 if args.quick else epochs)
+            figures = function(Path(tmp), args.seeds[0], 32 if args.quick else size, 1 if args.quick else epochs)
         print(json.dumps(figures))
         return
     kernels = ["nativex1"] if args.quick else args.kernels
