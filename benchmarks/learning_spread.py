@@ -143,7 +143,7 @@ def run_one(scenario: str, kernel: str, seed: int, quick: bool) -> dict[str, flo
     """One scenario in a fresh process with the kernel setting's environment."""
     from catdog.utils import cpu_kernel_env
 
-    isa, _, threads = kernel.partition("x")
+    isa, _, threads = kernel.rpartition("x")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
     env |= cpu_kernel_env(None if isa == "native" else isa.upper().replace("AVX512", "AVX512_CORE"), int(threads))
     command = [sys.executable, __file__, "--child", scenario, "--seeds", str(seed)] + (["--quick"] if quick else [])

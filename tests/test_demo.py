@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ AUROC_FLOOR = 0.7
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, record_property: Callable
 ) -> None:
     """The README's faster form (32 px, 3 epochs, the default data: its training split leaves a last batch of
     one image at batch 16). No weights file: the pretrained model is skipped (its planning is tested below).
@@ -74,6 +75,7 @@ def test_demo_runs_the_whole_pipeline(
 
     # The model trained, tested, exported; its scores over the test split clear the measured floors.
     scratch = read_metrics(workdir / "runs" / "scratch" / "metrics.json")
+    record_property("figures", [scratch.accuracy, scratch.balanced_accuracy, scratch.auroc])
     # epochs: those of the checkpoint under test (best.ckpt, the lowest validation loss of the three)
     best = torch.load(workdir / "runs" / "scratch" / "checkpoints" / "best.ckpt", weights_only=False)
     assert scratch.pretrained is False and scratch.epochs == best["epoch"] + 1 <= 3

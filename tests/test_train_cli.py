@@ -260,7 +260,7 @@ def learnable_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> None:
+def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     """From scratch at 48 px, validation accuracy climbs well above chance within a few CPU epochs."""
     run_dir = tmp_path / "learn"
     options = fit_options(learnable_dataset, run_dir, image_size=48, max_epochs=4)
@@ -271,6 +271,7 @@ def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> Non
     finally:
         torch.set_num_threads(threads)
     accuracies = logged(run_dir, "val_acc")
+    record_property("val_acc_by_epoch", accuracies)
     assert max(accuracies.values()) >= 0.85, accuracies
 
 
