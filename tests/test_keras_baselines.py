@@ -566,3 +566,23 @@ def test_validation_by_breed_is_the_shared_split(fused_dataset: Path) -> None:
     splits = load_splits(fused_dataset, image_size=32, batch_size=8, label_mode="binary", val_split="breed")
     expected = split_train(fused_dataset, 0.15, 42, val_split="breed")
     assert sorted(splits.val_files) == sorted(expected.val_names(fused_dataset))
+
+
+@pytest.mark.parametrize(
+    ("model", "cause"), [("custom_cnn", "no BatchNorm layers"), ("effnetv2b2_scratch", "BatchNorm layer(s)")]
+)
+def test_the_collapse_warning_says_what_the_model_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture, model: str, cause: str
+) -> None:
+    """custom_cnn has no BatchNorm: its collapse is not blamed on BatchNorm statistics."""
+    from catdog.evaluation.metrics import run_metrics_from_predictions, write_predictions
+    from keras_baselines.cli import _report
+
+    labels = [0] * 40 + [1] * 60
+    files = [f"{'dog' if y else 'cat'}/{i}.jpg" for i, y in enumerate(labels)]
+    path = write_predictions(files, labels, [0.01 + 0.001 * i for i in range(100)], tmp_path)  # ranked, all cat
+    metrics = run_metrics_from_predictions(path, model=model, framework="keras", pretrained=False, num_params=1,
+                                           epochs=1, train_seconds=1.0)  # fmt: skip
+    _report(metrics, tmp_path)
+    warning = next(line for line in capsys.readouterr().out.splitlines() if "warning:" in line)
+    assert cause in warning and ("running statistics" in warning) == (model != "custom_cnn"), warning
