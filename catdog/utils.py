@@ -83,6 +83,7 @@ def output_to(log: Path, echo: bool = False) -> Iterator[None]:
         with log.open("ab") as handle:
             while chunk := os.read(read_end, 1 << 16):
                 handle.write(chunk)
+                handle.flush()  # the log can be followed while the stage runs
                 if echo:
                     os.write(console, chunk)
 
