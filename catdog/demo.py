@@ -143,7 +143,6 @@ def run_stage(demo: Demo, stage: Stage, number: int, total: int) -> None:
     print(f" {seconds:.1f}s: {result}", flush=True)
 
 
-# stages -------------------------------------------------------------------------------------------------
 def make_sources(demo: Demo) -> str:
     args, w = demo.args, demo.path
     demo.catdog("sample-data", "--out", w("kaggle"), "--cats", str(args.cats), "--dogs-per-breed",
@@ -221,7 +220,6 @@ def write_report(demo: Demo) -> str:
     return demo.path("results.md")
 
 
-# helpers ------------------------------------------------------------------------------------------------
 def onnx_answers(model: Path, images: list[Path]) -> list[list[float]]:
     """[P(Cat), P(Dog)] of each image from the ONNX file in this process, with the preprocessing of its metadata."""
     from catdog.data.transforms import PreprocessConfig
@@ -258,11 +256,8 @@ def print_summary(demo: Demo) -> None:
     for title, seconds in demo.times:
         print(f"  {seconds:7.1f}s  {title}")
     print(f"  {time.perf_counter() - demo.started:7.1f}s  total")
-    print(
-        f"\nEverything is in {demo.args.workdir}/: commands.sh (every command run), logs/ (each stage's output), "
-        "kaggle/ (generated sources), dataset/ (fused), runs/<model>/ (checkpoints, metrics.json, logs), "
-        "models/*.onnx, requests/ and answers.json, serve.log, results.md and its plots."
-    )
+    print(f"\nEverything is in {demo.args.workdir}/: commands.sh (every command run), logs/ (each stage's output), "
+          "kaggle/, dataset/, runs/<model>/, models/, requests/, answers.json, results.md and its plots.")  # fmt: skip
 
 
 def print_answers(answers: list[dict]) -> None:
@@ -283,7 +278,6 @@ def print_answers(answers: list[dict]) -> None:
               f"{p_cat:>8.3f} {p_dog:>8.3f}  {verdict:<7}  {same}")  # fmt: skip
 
 
-# setup ------------------------------------------------------------------------------------------------
 def prepare_workdir(workdir: Path) -> None:
     """Create ``workdir``, or clear it when a previous demo made it; refuse any other non-empty folder."""
     if workdir.exists() and not workdir.is_dir():
