@@ -4,6 +4,7 @@ Standard library only."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -71,8 +72,8 @@ def cpu_kernel_env(isa: str | None = None, threads: int | None = None) -> dict[s
 
 @contextmanager
 def output_to(log: Path, echo: bool = False) -> Iterator[None]:
-    """Everything written to stdout and stderr goes to ``log``: Python, C libraries and child processes alike,
-    warnings included; also to the console when ``echo``."""
+    """Everything written to stdout and stderr goes to ``log``: Python, C libraries, child processes and logging
+    handlers made earlier alike, warnings included; also to the console when ``echo``."""
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -92,11 +93,20 @@ def output_to(log: Path, echo: bool = False) -> Iterator[None]:
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)
-    sys.stdout = sys.stderr = open(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    # Streams on fds 1 and 2 themselves: a handler that keeps one writes to the console once the stage is over.
+    out, err = (open(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False) for fd in (1, 2))  # noqa: SIM115
+    handlers = [h for h in _stream_handlers() if h.stream in (*streams, sys.__stdout__, sys.__stderr__)]
+    previous = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.setStream(err)
+    sys.stdout, sys.stderr = out, err
     try:
         yield
     finally:
-        sys.stdout.close()
+        out.flush()
+        err.flush()
+        for handler, stream in zip(handlers, previous, strict=True):
+            handler.setStream(stream)
         sys.stdout, sys.stderr = streams
         for fd, copy in zip((1, 2), saved, strict=True):
             os.dup2(copy, fd)
@@ -104,3 +114,15 @@ def output_to(log: Path, echo: bool = False) -> Iterator[None]:
         thread.join(timeout=30)
         os.close(read_end)
         os.close(console)
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    """The console handlers of every logger (file handlers excluded)."""
+    loggers = [
+        logging.getLogger(),
+        *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)),
+    ]
+    return [
+        h for x in loggers for h in x.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]  # fmt: skip

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -207,6 +209,7 @@ def _noisy_stage(demo: Demo) -> str:
     import sys
 
     print("python print")
+    logging.getLogger("made.before.the.stage").warning("a logging handler made earlier")
     # a warning as Python shows one (pytest records real ones before they reach sys.stderr)
     sys.stderr.write(warnings.formatwarning("a third-party deprecation", DeprecationWarning, __file__, 1))
     os.write(2, b"c-level stderr\n")
@@ -220,12 +223,18 @@ def test_a_stage_shows_one_line_and_logs_everything(
 ) -> None:
     args = build_parser().parse_args(["--workdir", str(tmp_path), *(["--verbose"] if verbose else [])])
     demo = Demo(args, Path("configs"), {})
-    run_stage(demo, Stage("noisy", "a noisy stage", _noisy_stage), 2, 5)
+    library_log = logging.getLogger("made.before.the.stage")  # as a library imported before the demo sets one up
+    library_log.addHandler(logging.StreamHandler(sys.stderr))
+    try:
+        run_stage(demo, Stage("noisy", "a noisy stage", _noisy_stage), 2, 5)
+    finally:
+        library_log.handlers.clear()
     out, err = capfd.readouterr()
     assert out.startswith("[2/5] a noisy stage ...") and re.search(r" [\d.]+s: the result\n$", out), out
     assert verbose or re.fullmatch(r"\[2/5\] a noisy stage \.\.\. [\d.]+s: the result\n", out), out
     log = (tmp_path / "logs" / "2-noisy.log").read_text()
-    lines = ("python print", "a third-party deprecation", "c-level stderr", "child process")
+    lines = ("python print", "a logging handler made earlier", "a third-party deprecation", "c-level stderr",
+             "child process")  # fmt: skip
     assert all(line in log for line in lines), log
     shown = out + err
     assert all((line in shown) == verbose for line in lines), shown
