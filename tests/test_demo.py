@@ -49,11 +49,11 @@ def _onnx_answer(model: Path, image: Path) -> list[float]:
     return (probs / probs.sum()).tolist()
 
 
-#: The demo's learnt figures at the test's settings (32 px, 3 epochs, default data), measured with training
-#: seeds x CPU kernels by ``python benchmarks/learning_spread.py demo32`` (docs/testing.md); the floors sit below
-#: the worst run seen.
+#: Floors of the demo's learnt figures at the test's settings (32 px, 3 epochs, the default data and seed), below
+#: the worst of ``python benchmarks/learning_spread.py demo32`` over CPU kernels (docs/testing.md): test
+#: accuracy 0.543-0.560 and AUROC 0.806-0.832 with oneDNN/ATen limited to AVX-512, AVX2 or SSE4.1 on 1 thread.
 ACCURACY_FLOOR = 0.5
-AUROC_FLOOR = 0.7
+AUROC_FLOOR = 0.75
 
 
 @pytest.mark.slow
@@ -64,8 +64,11 @@ def test_demo_runs_the_whole_pipeline(
     one image at batch 16). No weights file: the pretrained model is skipped (its planning is tested below).
 
     Exact by construction: every served answer equals the ONNX file's own answer computed here. Learnt, so
-    asserted with a margin: the test accuracy and AUROC over the test split (measured: MEASURED). Whether the two
-    posted images are answered right is not asserted: after 3 epochs one of them can flip between CPUs.
+    asserted with a margin: the test accuracy and AUROC over the test split (:data:`ACCURACY_FLOOR`,
+    :data:`AUROC_FLOOR`: after 3 epochs at 32 px the model ranks cats and dogs well, AUROC >= 0.8 on every kernel
+    measured, but its threshold has not settled, accuracy 0.54-0.56). Whether the two posted images are answered
+    right is reported, not asserted: after a short run one of them can flip between CPUs (the dog was answered
+    Cat on every kernel measured here, and both were right on the machine the demo was first written on).
     """
     monkeypatch.delenv(PRETRAINED_ENV, raising=False)
     monkeypatch.setattr("catdog.training.network.hub_cached_weights", lambda name: None)
