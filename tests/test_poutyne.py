@@ -351,7 +351,9 @@ def test_a_short_run_learns_both_classes(demo_dataset: Path, tmp_path: Path, rec
     """tf_efficientnetv2_b2 from scratch, 64 px, batch 32, 3 epochs on the demo's data: no collapse at test.
 
     With timm's own BatchNorm momentum (0.01) and no re-estimation this run called most test images Cat
-    (accuracy 0.53, balanced accuracy 0.54); with the classifier's BatchNorm policy it scores 0.82 and 0.82.
+    (accuracy 0.53, balanced accuracy 0.54); with the classifier's BatchNorm policy it scored 0.82 and 0.82 on the
+    default AVX-512 kernels and 0.62 and 0.63 (AUROC 0.79) with oneDNN/ATen limited to AVX2 on 1 thread
+    (``pytest --cpu-isa AVX2 --threads 1``). The floor, 0.55, sits below the worst seen: no collapse, not a target.
     """
     args = [
         "-c", SCRATCH, "-c", CSV_ONLY, "-c", POUTYNE, "--data.data_dir", str(demo_dataset),
@@ -367,7 +369,7 @@ def test_a_short_run_learns_both_classes(demo_dataset: Path, tmp_path: Path, rec
         torch.set_num_threads(threads)
     assert run.metrics.model == "tf_efficientnetv2_b2"
     record_property("figures", [run.metrics.accuracy, run.metrics.balanced_accuracy, run.metrics.auroc])
-    assert run.metrics.accuracy >= 0.6 and run.metrics.balanced_accuracy >= 0.6, run.metrics
+    assert run.metrics.accuracy >= 0.55 and run.metrics.balanced_accuracy >= 0.55, run.metrics
     assert read_predictions(run.predictions_path).score().collapse_warning() is None
 
 

@@ -4,9 +4,13 @@ run without it.
 The data are the size of a first try: 60 generated cats and 100 dogs of 5 breeds to train on (40 cats and 4
 unseen breeds to test); 3 epochs at 64 px and batch 32 are 12 optimizer steps. Without re-estimating the
 BatchNorm statistics the run calls every image one class; with it, the held-out images of the training breeds
-are mostly judged right. How much 12 steps teach varies with the seed (measured over seeds 42, 1-4:
-validation balanced accuracy 0.83, 1.00, 0.67, 0.66, 1.00; test on the unseen breeds 0.5-0.75), so the
-thresholds below are the no-collapse guarantee, not a learning target.
+are mostly judged right. How much 12 steps teach varies with the seed and the CPU's kernels (measured, seed
+42 unless said: validation balanced accuracy 0.83 on the default AVX-512 kernels, 0.67, 0.66, 1.00, 1.00 with
+seeds 1-4, 0.93 with AVX2 on 1 thread (AUROC 1.0); test balanced accuracy on the unseen breeds 0.5-0.75 over
+the seeds, 0.56 with AVX2 (AUROC 0.67)), so the thresholds below are the no-collapse guarantee, not a learning
+target: validation balanced accuracy >= 0.6 (worst seen 0.66) and AUROC >= 0.75, test balanced accuracy
+>= 0.5 with both classes predicted. The control without re-estimation called every image one class on both
+kernel sets (balanced accuracy 0.5).
 """
 
 from __future__ import annotations
