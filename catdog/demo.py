@@ -1,22 +1,16 @@
 """``catdog demo``: the whole pipeline on generated data, with the same commands a real run uses.
 
-    catdog demo [--workdir demo-run] [--image-size 64] [--epochs 3] [--pretrained-file PATH]
+    catdog demo [--workdir demo-run] [--image-size 64] [--epochs 3] [--pretrained-file PATH] [--verbose]
 
-Steps, each a real ``catdog`` command (printed before it runs, so it can be copied):
+Stages (:func:`plan_stages`), each one or more real ``catdog`` commands, written to ``commands.sh``:
+sample-data -> fuse -> fit + test (scratch; pretrained too when weights are found offline: ``--pretrained-file``,
+``$CATDOG_PRETRAINED_FILE`` or the timm/Hugging Face cache) -> calibrate -> export -> serve (a new cat and dog
+posted to every endpoint, each answer compared with the ONNX file's own, computed here) -> report.
 
-1. ``catdog sample-data``: both Kaggle layouts with generated, learnable JPEGs;
-2. ``catdog fuse``: the breed-disjoint ``dataset/{train,test}/{cat,dog}``;
-3. ``catdog fit`` + ``catdog test`` with ``configs/scratch.yaml``, then ``configs/pretrained.yaml`` when
-   pretrained weights are available offline (``--pretrained-file``, ``$CATDOG_PRETRAINED_FILE`` or the
-   timm/Hugging Face cache); otherwise the pretrained model is skipped with a message saying why;
-4. ``catdog calibrate`` (a map fitted on each run's validation predictions) and ``catdog export``:
-   ``models/<name>.onnx``, calibrated;
-5. ``catdog serve`` on a free local port; one generated cat and one generated dog (of a breed kept out
-   of training) are posted to every ``/predict/<name>`` endpoint and the answers printed;
-6. ``catdog report``: the results table (``results.md``) and plots; then the server is stopped.
-
-Everything is left in ``--workdir``, which the demo owns: it refuses a non-empty folder it did not
-create, and clears its own folder at the start of a rerun.
+One console line per stage (its time and result), then a summary: test scores, the served answers (right or
+wrong; after a short run one image can be missed, the test accuracy is the measure) and whether they equal the
+ONNX file's. Each stage's output goes to ``logs/``; ``--verbose`` shows it too. The demo owns ``--workdir``: it
+refuses a non-empty folder it did not make and clears its own on a rerun.
 """
 
 from __future__ import annotations
@@ -27,65 +21,262 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog import DISPLAY_NAMES, CatDogError
 from catdog.config_files import packaged_config_dir
 from catdog.serving.process import Server, post_image
-from catdog.utils import free_port
+from catdog.utils import free_port, output_to
 
 #: File that marks a folder as made by ``catdog demo`` (so a rerun may clear it).
 MARKER = ".catdog-demo"
 PRETRAINED_ENV = "CATDOG_PRETRAINED_FILE"
+#: Served and in-process ONNX probabilities agree to this (JSON float round trip, same onnxruntime).
+AGREEMENT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the demo: ``run(demo)`` does it and returns a short result for the console line."""
+
+    name: str  # the log file's name: logs/<number>-<name>.log
+    title: str
+    run: Callable[[Demo], str]
 
 
 @dataclass
-class Step:
-    """One timed stage of the demo."""
-
-    name: str
-    seconds: float
-
-
 class Demo:
-    """Runs the steps in order, printing each command and timing each stage."""
+    """The demo's settings and what its stages hand on to each other."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.workdir: Path = args.workdir
-        self.steps: list[Step] = []
-        self.started = time.perf_counter()
+    args: argparse.Namespace
+    configs: Path
+    models: dict[str, list[str]]  # name -> config arguments of `catdog fit`
+    started: float = field(default_factory=time.perf_counter)
+    times: list[tuple[str, float]] = field(default_factory=list)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    onnx_files: dict[str, str] = field(default_factory=dict)
+    answers: list[dict] = field(default_factory=list)
 
-    # helpers --------------------------------------------------------------------------------------
-    def say(self, message: str) -> None:
-        elapsed = time.perf_counter() - self.started
-        print(f"[demo {elapsed:6.1f}s] {message}", flush=True)
-
-    @contextmanager
-    def stage(self, title: str) -> Iterator[None]:
-        print(flush=True)
-        self.say(f"== {title}")
-        start = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - start
-        self.steps.append(Step(title, seconds))
-        self.say(f"   done in {seconds:.1f}s")
+    def path(self, *parts: str) -> str:
+        return str(Path(self.args.workdir).joinpath(*parts))
 
     def catdog(self, *argv: str) -> None:
-        """Run ``catdog <argv>`` in this process (the same code as the console command)."""
+        """Run ``catdog <argv>`` in this process (the same code as the console command), recorded in commands.sh."""
         from catdog.cli import main as cli_main
 
         command = shlex.join(["catdog", *argv])
+        with open(self.path("commands.sh"), "a") as record:
+            record.write(command + "\n")
         print(f"$ {command}", flush=True)
         status = cli_main(list(argv))
         if status != 0:
-            raise CatDogError(f"`{command}` failed with exit status {status} (its messages are above)")
+            raise CatDogError(f"`{command}` failed with exit status {status}")
 
-    def path(self, *parts: str) -> str:
-        return str(self.workdir.joinpath(*parts))
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run every stage; returns 0 when every request was answered."""
+    from catdog.training.network import DEFAULT_MODEL
+
+    if args.image_size < 16 or args.epochs < 1 or args.cats < 4 or args.breeds < 2 or args.dogs_per_breed < 2:
+        raise CatDogError("catdog demo needs --image-size >= 16, --epochs >= 1, --cats >= 4, --breeds >= 2 "
+                          "and --dogs-per-breed >= 2")  # fmt: skip
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    configs = find_configs(args.configs)
+    weights, weights_source = find_pretrained_weights(args.pretrained_file, DEFAULT_MODEL)
+    prepare_workdir(args.workdir)
+    demo = Demo(args, configs, plan_models(configs, weights, weights_source, DEFAULT_MODEL))
+    source = f", pretrained weights from {weights or 'the timm/Hugging Face cache'}" if weights_source else ""
+    print(f"catdog demo in {args.workdir}: {args.image_size} px, {args.epochs} epoch(s), configs in {configs}{source}")
+    stages = plan_stages(demo)
+    for number, stage in enumerate(stages, start=1):
+        run_stage(demo, stage, number, len(stages))
+    print_summary(demo)
+    failed = [a for a in demo.answers if a["status"] != 200]
+    if failed:
+        raise CatDogError(f"{len(failed)} request(s) failed; see the answers above and {demo.path('serve.log')}")
+    return 0
+
+
+def plan_stages(demo: Demo) -> list[Stage]:
+    """The demo's stages in order."""
+    stages = [
+        Stage("sample-data", "generate Kaggle-layout sample data", make_sources),
+        Stage("fuse", "fuse cats and breed-split dogs", fuse_sources),
+    ]
+    for name in demo.models:
+        title = f"train and test the {name} model ({demo.args.epochs} epoch(s))"
+        stages.append(Stage(f"train-{name}", title, lambda d, name=name: train_and_test(d, name)))
+    stages += [
+        Stage("calibrate", "calibrate on the validation split", calibrate_runs),
+        Stage("export", "export ONNX", export_models),
+        Stage("serve", "serve, and ask every endpoint about a new cat and dog", serve_and_ask),
+        Stage("report", "results table and plots", write_report),
+    ]
+    return stages
+
+
+def run_stage(demo: Demo, stage: Stage, number: int, total: int) -> None:
+    """Run one stage with its output in its log file; print its line (time, result) or raise with the log's end."""
+    log = Path(demo.path("logs", f"{number}-{stage.name}.log"))
+    log.parent.mkdir(exist_ok=True)
+    print(f"[{number}/{total}] {stage.title} ...", end="", flush=True)
+    start = time.perf_counter()
+    try:
+        with output_to(log, echo=demo.args.verbose):
+            result = stage.run(demo)
+    except CatDogError as err:
+        print(" FAILED", flush=True)
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise CatDogError(f"{err}; the end of its log {log}:\n{tail}") from None
+    seconds = time.perf_counter() - start
+    demo.times.append((stage.title, seconds))
+    print(f" {seconds:.1f}s: {result}", flush=True)
+
+
+def make_sources(demo: Demo) -> str:
+    args, w = demo.args, demo.path
+    demo.catdog("sample-data", "--out", w("kaggle"), "--cats", str(args.cats), "--dogs-per-breed",
+                str(args.dogs_per_breed), "--breeds", str(args.breeds), "--size", str(args.image_size),
+                "--seed", str(args.seed))  # fmt: skip
+    return f"{args.cats} cats and {args.breeds} breeds of {args.dogs_per_breed} dogs in {w('kaggle')}"
+
+
+def fuse_sources(demo: Demo) -> str:
+    args, w = demo.args, demo.path
+    cat_train = max(2, round(args.cats * 0.72))
+    demo.catdog("fuse", "--cats-source", w("kaggle", "dogs-vs-cats"), "--dogs-source",
+                w("kaggle", "dog-breed-identification"), "--out", w("dataset"),
+                "--cat-train", str(cat_train), "--cat-test", str(args.cats - cat_train))  # fmt: skip
+    counts = {s: sum(1 for _ in Path(w("dataset", s)).rglob("*.jpg")) for s in ("train", "test")}
+    return f"{counts['train']} training and {counts['test']} test images in {w('dataset')}"
+
+
+def train_and_test(demo: Demo, name: str) -> str:
+    """``catdog fit`` and ``catdog test`` of one model; its best checkpoint is handed on."""
+    from catdog.evaluation.metrics import read_metrics
+
+    args, w, config_args = demo.args, demo.path, demo.models[name]
+    # The model's configs first, then the CSV-only logger config, then the overrides.
+    n_configs = 2 * sum(1 for arg in config_args if arg == "-c")
+    common = [*config_args[:n_configs], *([] if args.wandb else ["-c", str(demo.configs / "logger" / "csv.yaml")])]
+    common += config_args[n_configs:]
+    common += ["--data.data_dir", w("dataset"), "--data.image_size", str(args.image_size),
+               "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.num_workers),
+               "--trainer.default_root_dir", w("runs", name)]  # fmt: skip
+    if args.train_seed is not None:
+        common += ["--seed_everything", str(args.train_seed)]
+    demo.catdog("fit", *common, "--trainer.max_epochs", str(args.epochs))
+    demo.catdog("test", *common, "--ckpt_path", "best")
+    demo.checkpoints[name] = w("runs", name, "checkpoints", "best.ckpt")
+    metrics = read_metrics(w("runs", name, "metrics.json"))
+    return f"test accuracy {metrics.accuracy:.3f} on {metrics.n_test} images (AUROC {metrics.auroc:.3f})"
+
+
+def calibrate_runs(demo: Demo) -> str:
+    from catdog.calibration import CALIBRATION_FILENAME
+
+    demo.catdog("calibrate", *(demo.path("runs", name) for name in demo.checkpoints), "--skip-unfit")
+    fitted = [name for name in demo.checkpoints if Path(demo.path("runs", name, CALIBRATION_FILENAME)).is_file()]
+    return f"calibrated: {', '.join(fitted) or 'none (too few validation images: see the log)'}"
+
+
+def export_models(demo: Demo) -> str:
+    ckpt_args = [arg for n, p in demo.checkpoints.items() for arg in ("--ckpt", f"{n}={p}")]
+    demo.catdog("export", *ckpt_args, "--out-dir", demo.path("models"))
+    demo.onnx_files = {name: demo.path("models", f"{name}.onnx") for name in demo.checkpoints}
+    return ", ".join(demo.onnx_files.values())
+
+
+def serve_and_ask(demo: Demo) -> str:
+    """Serve the ONNX files, post a new cat and dog to every endpoint, compare with the files; stop the server."""
+    w = demo.path
+    images = make_query_images(Path(w("dataset")), Path(w("requests")), demo.args.image_size, demo.args.seed)
+    server = Server(demo.onnx_files, demo.args.port or free_port(), Path(w("serve.log")))
+    try:
+        server.start()
+        print(f"server ready at {server.url}: {json.dumps(server.wait_ready())}", flush=True)
+        for name, onnx_file in demo.onnx_files.items():
+            in_process = onnx_answers(Path(onnx_file), list(images.values()))
+            for (truth, image), expected in zip(images.items(), in_process, strict=True):
+                url = f"{server.url}/predict/{name}"
+                print(f"$ curl -F file=@{image} {url}", flush=True)
+                status, body = post_image(url, image)
+                print(f"  {status} {json.dumps(body)}", flush=True)
+                demo.answers.append(judge(name, truth, image, status, body, expected))
+    finally:
+        code = server.stop()
+        print(f"server stopped (exit status {code})", flush=True)
+    Path(w("answers.json")).write_text(json.dumps(demo.answers, indent=1) + "\n")
+    if code != 0:
+        raise CatDogError(f"catdog serve stopped with exit status {code}; see {server.log_path}")
+    agree = sum(a["agrees_with_onnx_file"] for a in demo.answers)
+    return f"{len(demo.answers)} answers, {agree} equal to the ONNX file's own; server stopped (port {server.url})"
+
+
+def write_report(demo: Demo) -> str:
+    demo.catdog("report", "--runs", demo.path("runs"), "--out", demo.path("results.md"))
+    return demo.path("results.md")
+
+
+def onnx_answers(model: Path, images: list[Path]) -> list[list[float]]:
+    """[P(Cat), P(Dog)] of each image from the ONNX file in this process, with the preprocessing of its metadata."""
+    from catdog.data.transforms import PreprocessConfig
+    from catdog.export.onnx import read_onnx_metadata
+    from catdog.export.quantize import predict_files
+
+    config = PreprocessConfig.from_metadata(read_onnx_metadata(model))
+    return [[1.0 - float(p), float(p)] for p in predict_files(model, images, config, threads=1)]
+
+
+def judge(model: str, truth: str, image: Path, status: int, body: dict, expected: list[float]) -> dict:
+    """One answer with its verdict (right/wrong) and whether it equals the ONNX file's in-process answer."""
+    served = [float(body.get("probabilities", {}).get(n, float("nan"))) for n in DISPLAY_NAMES]
+    gap = max(abs(s - e) for s, e in zip(served, expected, strict=True)) if status == 200 else float("nan")
+    label = str(body.get("label", "?"))
+    return {
+        "model": model, "image": truth, "path": str(image), "status": status, "answer": body,
+        "right": label.lower() == truth, "onnx_file": expected, "max_difference": gap,
+        "agrees_with_onnx_file": bool(gap <= AGREEMENT_TOLERANCE),
+    }  # fmt: skip
+
+
+def print_summary(demo: Demo) -> None:
+    from catdog.evaluation.metrics import read_metrics
+
+    print(f"\nTest split ({demo.args.image_size} px, {demo.args.epochs} epoch(s) on generated data; the range over "
+          "seeds and CPUs is in docs/testing.md):")  # fmt: skip
+    print(f"  {'model':<12} {'accuracy':>8} {'balanced':>8} {'AUROC':>6} {'images':>6}")
+    for name in demo.checkpoints:
+        m = read_metrics(demo.path("runs", name, "metrics.json"))
+        print(f"  {name:<12} {m.accuracy:>8.3f} {m.balanced_accuracy:>8.3f} {m.auroc or 0:>6.3f} {m.n_test:>6}")
+    print_answers(demo.answers)
+    print("\nTime per stage:")
+    for title, seconds in demo.times:
+        print(f"  {seconds:7.1f}s  {title}")
+    print(f"  {time.perf_counter() - demo.started:7.1f}s  total")
+    print(f"\nEverything is in {demo.args.workdir}/: commands.sh (every command run), logs/ (each stage's output), "
+          "kaggle/, dataset/, runs/<model>/, models/, requests/, answers.json, results.md and its plots.")  # fmt: skip
+
+
+def print_answers(answers: list[dict]) -> None:
+    """The server's answers as a small table: right or wrong, and whether each equals the ONNX file's answer."""
+    print("\nAnswers from catdog serve for one new cat and one new dog (two images: one can be missed after a short "
+          "run; the test accuracy above is the measure):")  # fmt: skip
+    print(f"  {'model':<12} {'image':<6} {'answer':<7} {'P(' + DISPLAY_NAMES[0] + ')':>8} "
+          f"{'P(' + DISPLAY_NAMES[1] + ')':>8}  verdict  ONNX file in-process")  # fmt: skip
+    for row in answers:
+        body = row["answer"]
+        if row["status"] != 200:
+            print(f"  {row['model']:<12} {row['image']:<6} HTTP {row['status']}: {body}")
+            continue
+        p_cat, p_dog = (body.get("probabilities", {}).get(n, 0) for n in DISPLAY_NAMES)
+        same = f"same (max difference {row['max_difference']:.1e})" if row["agrees_with_onnx_file"] else "DIFFERENT"
+        verdict = "right" if row["right"] else "wrong"
+        print(f"  {row['model']:<12} {row['image']:<6} {body.get('label', '?'):<7} "
+              f"{p_cat:>8.3f} {p_dog:>8.3f}  {verdict:<7}  {same}")  # fmt: skip
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -200,130 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--configs", type=Path, default=None, help="folder with scratch.yaml and pretrained.yaml")
     parser.add_argument("--wandb", action="store_true", help="keep the configs' offline W&B logger (CSV only)")
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    parser.add_argument("--train-seed", type=int, default=None, help="training seed (default: the config's, 42)")
+    parser.add_argument("--verbose", action="store_true", help="show every stage's full output (always in logs/)")
     return parser
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run every step; returns 0 when every request was answered."""
-    from catdog.training.network import DEFAULT_MODEL
-
-    if args.image_size < 16 or args.epochs < 1 or args.cats < 4 or args.breeds < 2 or args.dogs_per_breed < 2:
-        raise CatDogError("catdog demo needs --image-size >= 16, --epochs >= 1, --cats >= 4, --breeds >= 2 "
-                          "and --dogs-per-breed >= 2")  # fmt: skip
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    configs = find_configs(args.configs)
-    weights, weights_source = find_pretrained_weights(args.pretrained_file, DEFAULT_MODEL)
-    prepare_workdir(args.workdir)
-    demo = Demo(args)
-    demo.say(f"catdog demo in {args.workdir}: {args.image_size} px, {args.epochs} epoch(s), configs in {configs}")
-    make_dataset(demo, args)
-    models = plan_models(configs, weights, weights_source, DEFAULT_MODEL)
-    if "pretrained" in models:
-        demo.say(f"pretrained weights: {weights or 'the timm/Hugging Face cache'} ({weights_source})")
-    checkpoints = train_and_test(demo, args, configs, models)
-    number = 3 + len(models)
-    with demo.stage(f"{number}. calibrate on validation, export ONNX"):
-        demo.catdog("calibrate", *(demo.path("runs", name) for name in checkpoints), "--skip-unfit")
-        ckpt_args = [arg for n, p in checkpoints.items() for arg in ("--ckpt", f"{n}={p}")]
-        demo.catdog("export", *ckpt_args, "--out-dir", demo.path("models"))
-    onnx_files = {name: demo.path("models", f"{name}.onnx") for name in checkpoints}
-    answers, server_log = serve_and_report(demo, args, onnx_files, number + 1)
-    print_summary(demo, args)
-    failed = [a for a in answers if a["status"] != 200]
-    if failed:
-        raise CatDogError(f"{len(failed)} request(s) failed; see the answers above and {server_log}")
-    return 0
-
-
-def make_dataset(demo: Demo, args: argparse.Namespace) -> None:
-    """Steps 1-2: generated Kaggle-layout sources, fused into ``dataset/``."""
-    w = demo.path
-    with demo.stage("1. generate Kaggle-layout sample data"):
-        demo.catdog("sample-data", "--out", w("kaggle"), "--cats", str(args.cats), "--dogs-per-breed",
-                    str(args.dogs_per_breed), "--breeds", str(args.breeds), "--size", str(args.image_size),
-                    "--seed", str(args.seed))  # fmt: skip
-    cat_train = max(2, round(args.cats * 0.72))
-    with demo.stage("2. fuse cats and breed-split dogs"):
-        demo.catdog("fuse", "--cats-source", w("kaggle", "dogs-vs-cats"), "--dogs-source",
-                    w("kaggle", "dog-breed-identification"), "--out", w("dataset"),
-                    "--cat-train", str(cat_train), "--cat-test", str(args.cats - cat_train))  # fmt: skip
-
-
-def train_and_test(demo: Demo, args: argparse.Namespace, configs: Path, models: dict[str, list[str]]) -> dict[str, str]:
-    """Step 3 onwards: ``catdog fit`` and ``catdog test`` of each model; returns each model's best checkpoint."""
-    w = demo.path
-    checkpoints: dict[str, str] = {}
-    for number, (name, config_args) in enumerate(models.items(), start=3):
-        # The model's configs first, then the CSV-only logger config, then the overrides.
-        n_configs = 2 * sum(1 for arg in config_args if arg == "-c")
-        common = [*config_args[:n_configs], *([] if args.wandb else ["-c", str(configs / "logger" / "csv.yaml")])]
-        common += config_args[n_configs:]
-        common += ["--data.data_dir", w("dataset"), "--data.image_size", str(args.image_size),
-                   "--data.batch_size", str(args.batch_size), "--data.num_workers", str(args.num_workers),
-                   "--trainer.default_root_dir", w("runs", name)]  # fmt: skip
-        with demo.stage(f"{number}. train and test the {name} model ({args.epochs} epoch(s))"):
-            demo.catdog("fit", *common, "--trainer.max_epochs", str(args.epochs))
-            demo.catdog("test", *common, "--ckpt_path", "best")
-        checkpoints[name] = w("runs", name, "checkpoints", "best.ckpt")
-    return checkpoints
-
-
-def serve_and_report(
-    demo: Demo, args: argparse.Namespace, onnx_files: dict[str, str], number: int
-) -> tuple[list[dict], Path]:
-    """Serve the ONNX files, post a new cat and dog to every endpoint, then write the report; stops the server."""
-    w = demo.path
-    images = make_query_images(Path(w("dataset")), Path(w("requests")), args.image_size, args.seed)
-    server = Server(onnx_files, args.port or free_port(), Path(w("serve.log")))
-    answers: list[dict] = []
-    try:
-        with demo.stage(f"{number}. serve and ask every endpoint about a new cat and dog"):
-            server.start()
-            health = server.wait_ready()
-            demo.say(f"server ready at {server.url}: {json.dumps(health)}")
-            for name in onnx_files:
-                for truth, image in images.items():
-                    url = f"{server.url}/predict/{name}"
-                    print(f"$ curl -F file=@{image} {url}", flush=True)
-                    status, body = post_image(url, image)
-                    answers.append({"model": name, "image": truth, "status": status, "answer": body})
-                    print(f"  {status} {json.dumps(body)}", flush=True)
-        print_answers(answers)
-        with demo.stage(f"{number + 1}. results table"):
-            demo.catdog("report", "--runs", w("runs"), "--out", w("results.md"))
-    finally:
-        code = server.stop()
-        demo.say(f"server stopped (exit status {code})")
-    return answers, server.log_path
-
-
-def print_summary(demo: Demo, args: argparse.Namespace) -> None:
-    print("\nTime per step:")
-    for step in demo.steps:
-        print(f"  {step.seconds:7.1f}s  {step.name}")
-    print(f"  {time.perf_counter() - demo.started:7.1f}s  total")
-    print(
-        f"\nEverything is in {args.workdir}/: kaggle/ (generated sources), dataset/ (fused), runs/<model>/ "
-        "(checkpoints, metrics.json, logs), models/*.onnx, requests/, serve.log, results.md and its plots."
-    )
-
-
-def print_answers(answers: list[dict]) -> None:
-    """The server's answers as a small table, each marked right or wrong."""
-    print("\nAnswers from catdog serve:")
-    print(f"  {'model':<12} {'image':<6} {'answer':<7} {'P(' + DISPLAY_NAMES[0] + ')':>8} "
-          f"{'P(' + DISPLAY_NAMES[1] + ')':>8}")  # fmt: skip
-    for row in answers:
-        body = row["answer"]
-        if row["status"] != 200:
-            print(f"  {row['model']:<12} {row['image']:<6} HTTP {row['status']}: {body}")
-            continue
-        probs = body.get("probabilities", {})
-        label = body.get("label", "?")
-        verdict = "right" if str(label).lower() == row["image"] else "wrong"
-        print(f"  {row['model']:<12} {row['image']:<6} {label:<7} {probs.get(DISPLAY_NAMES[0], 0):>8.3f} "
-              f"{probs.get(DISPLAY_NAMES[1], 0):>8.3f}  {verdict}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

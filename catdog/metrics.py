@@ -141,24 +141,33 @@ class Scores:
     nll: float
     brier: float
 
-    def collapse_warning(self) -> str | None:
+    def collapse_warning(self, batchnorm_layers: int | None = None) -> str | None:
         """A sentence when the predictions look collapsed onto one class although they rank well.
 
-        Accuracy within 2 points of the majority-class share while AUROC is at least 0.8 is the signature
-        of wrong normalisation statistics at evaluation (e.g. BatchNorm running statistics that have not
-        caught up after a short run): the scores separate the classes, the threshold does not.
+        Accuracy within 2 points of the majority-class share while AUROC is at least 0.8: the scores separate
+        the classes, the threshold does not. ``batchnorm_layers``, the model's count when the caller knows it,
+        picks the likely cause: stale BatchNorm running statistics after a short run where the model has them,
+        a decision threshold (output bias) the run has not yet learned where it has none.
         """
         counts = [sum(row) for row in self.confusion_matrix]
         majority = max(counts) / max(1, self.n)
         predicted = [self.confusion_matrix[0][c] + self.confusion_matrix[1][c] for c in range(2)]
         one_class = min(predicted) <= 0.02 * self.n
-        if self.auroc is not None and self.auroc >= 0.8 and (one_class or self.accuracy <= majority + 0.02):
-            return (
-                f"accuracy {self.accuracy:.3f} is at the majority-class share {majority:.3f} while AUROC is "
-                f"{self.auroc:.3f}: the model ranks cats and dogs well but calls almost everything one class "
-                "(typically BatchNorm running statistics that do not match the trained weights after a short run)"
-            )
-        return None
+        if self.auroc is None or self.auroc < 0.8 or not (one_class or self.accuracy <= majority + 0.02):
+            return None
+        if batchnorm_layers is None:
+            cause = ("where the model has BatchNorm layers, typically running statistics that do not match the "
+                     "trained weights after a short run; otherwise an output bias not yet learned")  # fmt: skip
+        elif batchnorm_layers > 0:
+            cause = (f"the model has {batchnorm_layers} BatchNorm layer(s): typically their running statistics do "
+                     "not match the trained weights after a short run")  # fmt: skip
+        else:
+            cause = ("the model has no BatchNorm layers, so not their statistics: typically an output bias the run "
+                     "has not yet learned (too few steps, or a learning rate too low for the last layer)")  # fmt: skip
+        return (
+            f"accuracy {self.accuracy:.3f} is at the majority-class share {majority:.3f} while AUROC is "
+            f"{self.auroc:.3f}: the model ranks cats and dogs well but calls almost everything one class ({cause})"
+        )
 
 
 def binary_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float | None:

@@ -138,9 +138,15 @@ def _report(metrics, run_dir: Path) -> None:
     from catdog.metrics import PREDICTIONS_FILENAME, read_predictions
 
     print(_summary(metrics))
-    warning = read_predictions(run_dir / PREDICTIONS_FILENAME).score().collapse_warning()
-    if warning:
-        print(f"  warning: {warning}")
+    scores = read_predictions(run_dir / PREDICTIONS_FILENAME).score()
+    if scores.collapse_warning():  # then name the cause the model can have: count its BatchNorm layers
+        from keras_baselines.models import batch_norm_layers, get_spec
+
+        try:
+            layers: int | None = len(batch_norm_layers(get_spec(metrics.model).build(32, None)))
+        except CatDogError:  # not one of ours: say both causes
+            layers = None
+        print(f"  warning: {scores.collapse_warning(layers)}")
     print(f"  -> {run_dir / 'metrics.json'}")
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: generated Kaggle-layout sources and a fused dataset, made once per session; for serving
-tests, a torch that refuses to import and two small exported models (made once per module); and
-:func:`skip_or_fail` for tests whose tools CI on a root Linux machine can install (a skip there fails)."""
+tests, a torch that refuses to import and two small exported models (made once per module);
+:func:`skip_or_fail` for tests whose tools CI on a root Linux machine can install (a skip there fails); and the
+options ``--cpu-isa`` and ``--threads``, which run the suite as another CPU would (docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,48 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from catdog.data.sample_data import SampleData, generate
+from catdog.utils import CPU_ISAS, cpu_kernel_env
 
 if TYPE_CHECKING:
     from serve_helpers import ExportedModel
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+#: Set in the environment of a pytest run that ``--cpu-isa``/``--threads`` started again (so it happens once).
+RESTARTED = "CATDOG_TEST_KERNELS_SET"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("catdog", "catdog: run as another CPU would")
+    group.addoption("--cpu-isa", choices=sorted(CPU_ISAS), type=str.upper, default=None,
+                    help="limit oneDNN, ATen and MKL to this instruction set, in this process and every one it "
+                         "starts (as an older CPU computes)")  # fmt: skip
+    group.addoption("--threads", type=int, default=None, help="OpenMP/MKL/TensorFlow threads (as a smaller CPU)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start pytest again with the kernel settings in its environment: the libraries read them when they load."""
+    wanted = cpu_kernel_env(config.getoption("cpu_isa"), config.getoption("threads"))
+    if not wanted or all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    if os.environ.get(RESTARTED):
+        raise pytest.UsageError(f"--cpu-isa/--threads: the restarted run still lacks {wanted}")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # the new process writes to the real stdout/stderr
+    os.environ.update(wanted, **{RESTARTED: "1"})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    names = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+    settings = " ".join(f"{name}={os.environ[name]}" for name in names if name in os.environ)
+    default = "this machine's own (pytest --cpu-isa AVX2 --threads 1 runs as another CPU)"
+    return f"cpu kernels: {settings or default}"
+
 
 #: Small enough for CPU tests, large enough for a breed-disjoint split and a learning signal.
 SAMPLE = dict(cats=120, dogs_per_breed=12, breeds=8, size=64, seed=0)

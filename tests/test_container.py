@@ -215,7 +215,9 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
     assert workers or not sys.platform.startswith("linux"), "catdog serve started no worker processes"
     left = [pid for pid, cmdline in workers.items() if _cmdline(pid) == cmdline]
     assert not left, f"worker processes {left} outlived the server"
-    assert stopped_in <= check.STOP_LIMIT_S, f"SIGTERM took {stopped_in:.2f} s to stop the server"
+    # The release check holds the README's figure (STOP_LIMIT_S); on a shared test machine only a stop that waits
+    # out a timeout takes five times that.
+    assert stopped_in <= 5 * check.STOP_LIMIT_S, f"SIGTERM took {stopped_in:.2f} s to stop the server"
 
 
 def terminate(proc: subprocess.Popen) -> tuple[str, bool]:

@@ -127,7 +127,18 @@ def test_collapse_warning_signature() -> None:
     assert collapsed.auroc == 1.0 and collapsed.accuracy == 0.4
     assert "majority-class share" in (collapsed.collapse_warning() or "")
     healthy = score(labels, [0.2] * 40 + [0.8] * 60)
-    assert healthy.collapse_warning() is None
+    assert healthy.collapse_warning() is None and healthy.collapse_warning(0) is None
+
+
+def test_collapse_warning_names_what_the_model_has() -> None:
+    """A model without BatchNorm (Keras' custom_cnn) is not told its BatchNorm statistics are stale."""
+    from catdog.evaluation.metrics import score
+
+    collapsed = score([0] * 40 + [1] * 60, [0.01 + 0.001 * i for i in range(100)])
+    without, with_bn, unknown = (collapsed.collapse_warning(n) or "" for n in (0, 12, None))
+    assert "no BatchNorm layers" in without and "running statistics" not in without and "output bias" in without
+    assert "12 BatchNorm layer(s)" in with_bn and "running statistics" in with_bn and "output bias" not in with_bn
+    assert "where the model has BatchNorm layers" in unknown and "output bias" in unknown
 
 
 def test_predictions_round_trip_full_precision(tmp_path) -> None:

@@ -294,6 +294,7 @@ def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds:
         write_metrics,
         write_predictions,
     )
+    from catdog.training.batchnorm import batchnorm_layers
     from catdog.training.network import count_parameters
 
     best = plan.run_dir / "checkpoints" / "best.ckpt"
@@ -316,7 +317,7 @@ def run_test(setup: PoutyneSetup, plan: PoutynePlan, epochs: int, train_seconds:
     val_files = [relative_name(p, dm.data_dir) for p in dm.val_set.paths]
     val_p_dog = val_logits.double().softmax(dim=1)[:, 1].tolist()
     write_predictions(val_files, dm.val_set.labels, val_p_dog, plan.run_dir, VAL_PREDICTIONS_FILENAME)
-    warning = read_predictions(predictions).score().collapse_warning()
+    warning = read_predictions(predictions).score().collapse_warning(len(batchnorm_layers(setup.network)))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     metrics = run_metrics_from_predictions(

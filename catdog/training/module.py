@@ -27,6 +27,7 @@ from catdog.training.batchnorm import (
     DEFAULT_BN_RECALIBRATION_BATCHES,
     DEFAULT_BN_RECALIBRATION_STEPS,
     average_batchnorm_statistics,
+    batchnorm_layers,
     recalibrate_batchnorm,
 )
 from catdog.training.network import (
@@ -219,7 +220,7 @@ class CatDogClassifier(pl.LightningModule):
             return
         labels = torch.cat([targets for _, targets in outputs]).numpy()
         p_dog = torch.cat([probs for probs, _ in outputs]).double().numpy()
-        warning = score(labels, p_dog).collapse_warning()
+        warning = score(labels, p_dog).collapse_warning(len(batchnorm_layers(self.network)))
         if warning:
             log.warning("epoch %d validation: %s", self.current_epoch, warning)
 

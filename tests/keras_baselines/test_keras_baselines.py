@@ -383,10 +383,12 @@ def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> Non
     assert callback.recalibrations == 1
 
 
-def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path) -> None:
+def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     """custom_cnn, 32 px, 12 epochs of 8 batches on the generated data: both classes predicted and ranked.
 
-    (Measured: balanced accuracy 0.96, AUROC 1.0; the run is the same every time, see the next test.
+    (Measured: balanced accuracy 0.96, AUROC 1.0 on the default AVX-512 kernels and with oneDNN limited to AVX2 on
+    1 thread; without op determinism three runs scored 0.79, 0.85 and 0.83, so the floors are 0.7 and 0.85.
+    The run is the same every time on one machine, see the next test.
     EfficientNetV2B2 needs minutes per epoch on a CPU, too slow for a test; its BatchNorm policy is tested on
     small networks above.)
     """
@@ -394,9 +396,10 @@ def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path) ->
     argv = ["train", "--model", "custom_cnn", "--data", str(fused_dataset), "--out", str(out), "--image-size", "32"]
     assert main([*argv, "--epochs", "12", "--batch-size", "16", "--eager", "--quiet"]) == 0
     scores = read_predictions(out / "predictions.csv").score()
+    record_property("figures", [scores.balanced_accuracy, scores.auroc, scores.confusion_matrix])
     (cat_cat, cat_dog), (dog_cat, dog_dog) = scores.confusion_matrix
     assert cat_cat > 0 and dog_dog > 0 and scores.collapse_warning() is None
-    assert scores.balanced_accuracy >= 0.8 and scores.auroc >= 0.9, scores
+    assert scores.balanced_accuracy >= 0.7 and scores.auroc >= 0.85, scores
 
 
 def test_a_seed_gives_one_run(fused_dataset: Path, tmp_path: Path) -> None:
@@ -610,3 +613,24 @@ def test_validation_by_breed_is_the_shared_split(fused_dataset: Path) -> None:
     splits = load_splits(fused_dataset, image_size=32, batch_size=8, label_mode="binary", val_split="breed")
     expected = split_train(fused_dataset, 0.15, 42, val_split="breed")
     assert sorted(splits.val_files) == sorted(expected.val_names(fused_dataset))
+
+
+@pytest.mark.parametrize(
+    ("model", "cause"), [("custom_cnn", "no BatchNorm layers"), ("effnetv2b2_scratch", "BatchNorm layer(s)")]
+)
+def test_the_collapse_warning_says_what_the_model_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture, model: str, cause: str
+) -> None:
+    """custom_cnn has no BatchNorm: its collapse is not blamed on BatchNorm statistics."""
+    from catdog.evaluation.metrics import run_metrics_from_predictions, write_predictions
+
+    from keras_baselines.cli import _report
+
+    labels = [0] * 40 + [1] * 60
+    files = [f"{'dog' if y else 'cat'}/{i}.jpg" for i, y in enumerate(labels)]
+    path = write_predictions(files, labels, [0.01 + 0.001 * i for i in range(100)], tmp_path)  # ranked, all cat
+    metrics = run_metrics_from_predictions(path, model=model, framework="keras", pretrained=False, num_params=1,
+                                           epochs=1, train_seconds=1.0)  # fmt: skip
+    _report(metrics, tmp_path)
+    warning = next(line for line in capsys.readouterr().out.splitlines() if "warning:" in line)
+    assert cause in warning and ("running statistics" in warning) == (model != "custom_cnn"), warning

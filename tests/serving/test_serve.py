@@ -286,7 +286,8 @@ def test_signal_stops_the_server_and_every_worker(
     finally:
         stop(server.process)
     assert returncode == 0, server.log_text()[-3000:]
-    assert elapsed < 5, f"took {elapsed:.1f} s to stop"
+    # about a second here; only a stop that waits out a timeout (e.g. a worker left to be killed) takes 15 s
+    assert elapsed < 15, f"took {elapsed:.1f} s to stop"
     deadline = time.monotonic() + 2
     while any(running(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)

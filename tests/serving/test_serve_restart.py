@@ -199,7 +199,7 @@ def test_dead_manager_stops_the_server_with_status_1(
         stop(server.process)
     log = server.log_text()
     assert returncode == 1, log[-3000:]
-    assert elapsed < 8, f"took {elapsed:.1f} s to stop"
+    assert elapsed < 15, f"took {elapsed:.1f} s to stop"  # seconds here; only a wait for a timeout takes 15
     last = log.strip().splitlines()[-1]
     assert last.startswith(
         f"catdog serve: error: the multiprocessing manager process (pid {manager}) killed by SIGKILL"

@@ -40,7 +40,7 @@ def test_deadline_answers_504_or_503_when_the_app_does_not_answer_in_time() -> N
     assert _call(Deadline(_app(0.01), 1.0, ["a"], counter))[:2] == (200, {"ok": True})
     status, body, took = _call(Deadline(_app(5.0), 0.2, ["a"], counter))
     assert (status, body["error"]) == (504, "timeout") and "0.2 s (--timeout)" in body["detail"]
-    assert took < 1.0
+    assert took < 4.0  # without the deadline it takes the app's 5 s; a busy shared machine adds well under 4
     status, body, _ = _call(Deadline(_app(5.0, lambda: counter.add_model("a")), 0.2, ["a"], counter))
     assert (status, body["error"]) == (503, "worker_restarted") and "'a'" in body["detail"]
     status, body, _ = _call(Deadline(_app(0.5), 0.1, ["a"], counter), path="/health")  # not a model path

@@ -4,13 +4,18 @@ run without it.
 The data are the size of a first try: 60 generated cats and 100 dogs of 5 breeds to train on (40 cats and 4
 unseen breeds to test); 3 epochs at 64 px and batch 32 are 12 optimizer steps. Without re-estimating the
 BatchNorm statistics the run calls every image one class; with it, the held-out images of the training breeds
-are mostly judged right. How much 12 steps teach varies with the seed (measured over seeds 42, 1-4:
-validation balanced accuracy 0.83, 1.00, 0.67, 0.66, 1.00; test on the unseen breeds 0.5-0.75), so the
-thresholds below are the no-collapse guarantee, not a learning target.
+are mostly judged right. How much 12 steps teach varies with the seed and the CPU's kernels (measured, seed
+42 unless said: validation balanced accuracy 0.83 on the default AVX-512 kernels, 0.67, 0.66, 1.00, 1.00 with
+seeds 1-4, 0.93 with AVX2 on 1 thread (AUROC 1.0); test balanced accuracy on the unseen breeds 0.5-0.75 over
+the seeds, 0.56 with AVX2 (AUROC 0.67)), so the thresholds below are the no-collapse guarantee, not a learning
+target: validation balanced accuracy >= 0.6 (worst seen 0.66) and AUROC >= 0.75, test balanced accuracy
+>= 0.5 with both classes predicted. The control without re-estimation called every image one class on both
+kernel sets (balanced accuracy 0.5).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,14 @@ def fit_and_score(data: Path, run_dir: Path, image_size: int, batch_size: int, *
     return _score(model, module.val_set), _score(model, module.test_set)
 
 
+def record_figures(record_property: Callable[[str, object], None], **scores: Scores) -> None:
+    """The learnt figures in the JUnit XML report (``--junitxml``), to measure thresholds across CPUs."""
+    for name, s in scores.items():
+        record_property(f"{name}_balanced_accuracy", round(s.balanced_accuracy, 4))
+        record_property(f"{name}_auroc", None if s.auroc is None else round(s.auroc, 4))
+        record_property(f"{name}_confusion_matrix", s.confusion_matrix)
+
+
 def _score(model: torch.nn.Module, dataset: torch.utils.data.Dataset) -> Scores:
     labels: list[int] = []
     p_dog: list[float] = []
@@ -56,17 +69,23 @@ def _score(model: torch.nn.Module, dataset: torch.utils.data.Dataset) -> Scores:
 
 
 @pytest.mark.slow
-def test_three_epochs_on_small_data_do_not_collapse(first_try_dataset: Path, tmp_path: Path) -> None:
+def test_three_epochs_on_small_data_do_not_collapse(
+    first_try_dataset: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     val, test = fit_and_score(first_try_dataset, tmp_path / "run", 64, 32)
-    assert val.balanced_accuracy >= 0.75 and val.auroc is not None and val.auroc >= 0.85, val
+    record_figures(record_property, val=val, test=test)
+    assert val.balanced_accuracy >= 0.6 and val.auroc is not None and val.auroc >= 0.75, val
     assert val.collapse_warning() is None and test.collapse_warning() is None, (val, test)
-    assert test.balanced_accuracy > 0.5 and min(test.confusion_matrix[0][0], test.confusion_matrix[1][1]) > 0, test
+    assert test.balanced_accuracy >= 0.5 and min(test.confusion_matrix[0][0], test.confusion_matrix[1][1]) > 0, test
 
 
 @pytest.mark.slow
-def test_without_batchnorm_re_estimation_the_same_run_collapses(first_try_dataset: Path, tmp_path: Path) -> None:
+def test_without_batchnorm_re_estimation_the_same_run_collapses(
+    first_try_dataset: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     """The ground truth for the test above: the statistics a dozen steps leave call everything one class."""
     val, test = fit_and_score(first_try_dataset, tmp_path / "run", 64, 32, "--model.bn_recalibration_batches", "0")
+    record_figures(record_property, val=val, test=test)
     assert val.balanced_accuracy <= 0.55 and test.balanced_accuracy <= 0.55, (val, test)
     predicted_per_class = [sum(row[c] for row in val.confusion_matrix) for c in range(2)]
     assert min(predicted_per_class) == 0, val  # every validation image called one class

@@ -316,8 +316,12 @@ def learnable_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> None:
-    """From scratch at 48 px, validation accuracy climbs well above chance within a few CPU epochs."""
+def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path, record_property) -> None:  # noqa: ANN001
+    """From scratch at 48 px, validation accuracy climbs well above chance within a few CPU epochs.
+
+    Measured best validation accuracy over the 4 epochs: 1.0 with oneDNN/ATen limited to AVX2 on 1 thread
+    (0.64, 0.92, 0.97, 1.0 by epoch); the floor 0.85 is below the second epoch's.
+    """
     run_dir = tmp_path / "learn"
     options = fit_options(learnable_dataset, run_dir, image_size=48, max_epochs=4)
     threads = torch.get_num_threads()
@@ -327,6 +331,7 @@ def test_scratch_training_learns(learnable_dataset: Path, tmp_path: Path) -> Non
     finally:
         torch.set_num_threads(threads)
     accuracies = logged(run_dir, "val_acc")
+    record_property("val_acc_by_epoch", accuracies)
     assert max(accuracies.values()) >= 0.85, accuracies
 
 
