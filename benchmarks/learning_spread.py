@@ -101,8 +101,7 @@ def poutyne(root: Path, seed: int, size: int, epochs: int) -> dict[str, float]:
 
 def keras(root: Path, seed: int, size: int, epochs: int) -> dict[str, float]:
     """tests/test_keras_baselines.py::test_a_short_run_learns_both_classes: custom_cnn, 32 px, 12 epochs."""
-    from catdog.evaluation.metrics import read_predictions
-
+    from catdog.metrics import read_predictions
     from keras_baselines.cli import main
 
     data = _fused(root, cats=120, dogs_per_breed=12, breeds=8, size=64, seed=0, cat_train=84, cat_test=36)

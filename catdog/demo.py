@@ -156,7 +156,7 @@ def fuse_sources(demo: Demo) -> str:
 
 def train_and_test(demo: Demo, name: str) -> str:
     """``catdog fit`` and ``catdog test`` of one model; its best checkpoint is handed on."""
-    from catdog.evaluation.metrics import read_metrics
+    from catdog.metrics import read_metrics
 
     args, w, config_args = demo.args, demo.path, demo.models[name]
     # The model's configs first, then the CSV-only logger config, then the overrides.
@@ -244,7 +244,7 @@ def judge(model: str, truth: str, image: Path, status: int, body: dict, expected
 
 
 def print_summary(demo: Demo) -> None:
-    from catdog.evaluation.metrics import read_metrics
+    from catdog.metrics import read_metrics
 
     print(f"\nTest split ({demo.args.image_size} px, {demo.args.epochs} epoch(s) on generated data; the range over "
           "seeds and CPUs is in docs/testing.md):")  # fmt: skip

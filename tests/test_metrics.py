@@ -132,7 +132,7 @@ def test_collapse_warning_signature() -> None:
 
 def test_collapse_warning_names_what_the_model_has() -> None:
     """A model without BatchNorm (Keras' custom_cnn) is not told its BatchNorm statistics are stale."""
-    from catdog.evaluation.metrics import score
+    from catdog.metrics import score
 
     collapsed = score([0] * 40 + [1] * 60, [0.01 + 0.001 * i for i in range(100)])
     without, with_bn, unknown = (collapsed.collapse_warning(n) or "" for n in (0, 12, None))

@@ -622,8 +622,7 @@ def test_the_collapse_warning_says_what_the_model_has(
     tmp_path: Path, capsys: pytest.CaptureFixture, model: str, cause: str
 ) -> None:
     """custom_cnn has no BatchNorm: its collapse is not blamed on BatchNorm statistics."""
-    from catdog.evaluation.metrics import run_metrics_from_predictions, write_predictions
-
+    from catdog.metrics import run_metrics_from_predictions, write_predictions
     from keras_baselines.cli import _report
 
     labels = [0] * 40 + [1] * 60
