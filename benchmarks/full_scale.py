@@ -201,6 +201,33 @@ def bench_compare(root: Path, dataset: Path, runs: list[str]) -> dict[str, Measu
     return results
 
 
+_KERAS_EPOCH = """import sys
+from keras_baselines.data import load_splits
+splits = load_splits(sys.argv[1], int(sys.argv[2]), 32, "categorical")
+for epoch in range(2):
+    seen = sum(int(images.shape[0]) for images, _ in splits.train) + sum(int(i.shape[0]) for i, _ in splits.val)
+print(len(splits.train_files), len(splits.val_files), seen)
+"""
+
+
+def bench_keras_cache(dataset: Path, size: int = 224) -> None:
+    """Peak RSS of the Keras input pipelines over two whole epochs at ``size`` px (training + validation, decoded
+    once into the in-memory cache), against the cache's size on paper."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", "import keras_baselines"], env=env, capture_output=True)
+    if done.returncode:
+        print("\nKeras pipelines: keras_baselines not importable here, skipped")
+        return
+    m = measure([sys.executable, "-c", _KERAS_EPOCH, str(dataset), str(size)], env=env, stdout=subprocess.DEVNULL)
+    images = sum(1 for label in ("cat", "dog") for _ in (dataset / "train" / label).iterdir())
+    cache = images * size * size * 3 / 1e9
+    print(f"\nKeras pipelines at {size} px, two epochs over train + validation ({images:,} images, {_cpu_note()}):")
+    print(
+        f"  peak RSS {m.rss_mb / 1000:.2f} GB (goal <= 8 GB); the uint8 cache on paper {cache:.2f} GB; "
+        f"{m.wall:.0f} s wall, {m.cpu:.0f} s CPU{'' if m.status == 0 else ' (FAILED)'}"
+    )
+
+
 def _compare_config(root: Path) -> Path:
     """configs/compare.yaml with the step-capped recipe and stand-in ImageNet weights (made once)."""
     weights = root / "weights"
@@ -270,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = bench_data_path(dataset, args.images, args.gpu_rate)
     if runs:
         bench_compare(args.root, dataset, runs)
+    if not args.quick:
+        bench_keras_cache(dataset)
     estimate(dataset, rates[224], args.gpu_rate)
     return 0
 
