@@ -228,12 +228,13 @@ def generate_kaggle(
     return SampleData(cats_root.with_name(cats_root.name + suffix), dogs_root.with_name(dogs_root.name + suffix))
 
 
-def estimate_bytes(jobs: list[Job], seed: int, as_zip: bool, sample: int = 48) -> int:
-    """Disk space the jobs need: the mean size of an evenly spread sample of them, times their count (plus 10%;
-    zips need the inner archives twice while the outer one is written)."""
+def estimate_bytes(jobs: list[Job], seed: int, as_zip: bool, sample: int = 96) -> int:
+    """Disk space the jobs need: the mean size of an evenly spread sample of them, times their count, plus 25%
+    (the sample's spread and the file system's blocks); zips need the inner archives twice while the outer
+    one is written."""
     step = max(1, len(jobs) // sample)
     sizes = [len(render(job, seed)) for job in jobs[::step][:sample]]
-    total = int(sum(sizes) / len(sizes) * len(jobs) * 1.1)
+    total = int(sum(sizes) / len(sizes) * len(jobs) * 1.25)
     return total * 2 if as_zip else total
 
 

@@ -326,14 +326,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise CatDogError(f"{existing} already exists; pass --force to replace it")
             shutil.rmtree(existing) if existing.is_dir() else existing.unlink()
     if args.scale == "kaggle":
-        from catdog.data.kaggle_scale import REAL, generate_kaggle, scaled_count
+        from catdog.data.kaggle_scale import generate_kaggle, scaled_count
 
         result = generate_kaggle(args.out, args.fraction, args.seed, args.zip, args.workers)
-        usable = scaled_count(REAL.cats, args.fraction)
-    else:
-        result = generate(args.out, args.cats, args.dogs_per_breed, args.breeds, args.size, args.seed, args.zip,
-                          args.corrupt)  # fmt: skip
-        usable = args.cats - args.corrupt
+        cat_train, cat_test = scaled_count(8995, args.fraction), scaled_count(3505, args.fraction)
+        print(f"cats: {result.cats_source}\ndogs: {result.dogs_source}")
+        print(f"next: catdog fuse --cats-source {result.cats_source} --dogs-source {result.dogs_source} "
+              f"--out dataset --cat-train {cat_train} --cat-test {cat_test}")  # fmt: skip
+        return 0
+    result = generate(args.out, args.cats, args.dogs_per_breed, args.breeds, args.size, args.seed, args.zip,
+                      args.corrupt)  # fmt: skip
+    usable = args.cats - args.corrupt
     print(f"cats: {result.cats_source}\ndogs: {result.dogs_source}")
     print(f"next: catdog fuse --cats-source {result.cats_source} --dogs-source {result.dogs_source} "
           f"--out dataset --cat-train {int(usable * 0.72)} --cat-test {usable - int(usable * 0.72)}")  # fmt: skip
