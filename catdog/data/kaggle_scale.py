@@ -241,11 +241,15 @@ def estimate_bytes(jobs: list[Job], seed: int, as_zip: bool, sample: int = 96) -
 def check_disk(out: Path, needed: int, images: int) -> None:
     """Print what the generation needs; refuse when ``out``'s file system has less free."""
     free = shutil.disk_usage(out).free
-    print(f"sample-data --scale kaggle: {images:,} images, about {needed / 1e9:.1f} GB in {out} "
-          f"({free / 1e9:.1f} GB free)", flush=True)  # fmt: skip
+    print(f"sample-data --scale kaggle: {images:,} images, about {_size(needed)} in {out} ({_size(free)} free)",
+          flush=True)  # fmt: skip
     if needed > free:
-        raise CatDogError(f"--out {out}: needs about {needed / 1e9:.1f} GB but only {free / 1e9:.1f} GB are free; "
+        raise CatDogError(f"--out {out}: needs about {_size(needed)} but only {_size(free)} are free; "
                           "free some space, choose another --out or pass a --fraction below 1")  # fmt: skip
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
 
 
 def _csv(rows: Iterator[tuple[str, ...]] | list[tuple[str, ...]]) -> bytes:
