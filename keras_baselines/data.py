@@ -150,7 +150,7 @@ def load_splits(
     return Splits(
         train=make(split.train_paths, encode_labels(split.train_labels, label_mode), size, batch_size, seed, aug),
         val=make(split.val_paths, encode_labels(split.val_labels, label_mode), size, batch_size),
-        test=make(test_paths, encode_labels(test_labels, label_mode), size, batch_size),
+        test=make(test_paths, encode_labels(test_labels, label_mode), size, batch_size, cache=False),
         train_files=[relative_name(p, root) for p in split.train_paths],
         val_files=[relative_name(p, root) for p in split.val_paths],
         test_files=[relative_name(p, root) for p in test_paths],
@@ -164,7 +164,7 @@ def load_test(data: str | Path, image_size: int, batch_size: int) -> tuple[Any, 
     root = check_dataset(data, splits=("test",))
     paths, labels = labelled_images(root / "test")
     make = _tf_pipeline if backend_format() == "tf" else _grain_pipeline
-    test = make(paths, encode_labels(labels, "binary"), (image_size, image_size), batch_size)
+    test = make(paths, encode_labels(labels, "binary"), (image_size, image_size), batch_size, cache=False)
     return test, [relative_name(p, root) for p in paths], list(labels)
 
 
@@ -178,9 +178,10 @@ def load_image_pil(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return keras.ops.convert_to_numpy(resized).astype(np.float32)
 
 
-def _tf_pipeline(paths, targets, size, batch_size, seed=None, augment=None):
-    """``tf.data`` over ``paths``: decoded once and cached as uint8; shuffled and batched (drop_last) when
-    ``seed`` is given (the training split), else in order with every image."""
+def _tf_pipeline(paths, targets, size, batch_size, seed=None, augment=None, cache=True):
+    """``tf.data`` over ``paths``: decoded once and cached as uint8 (``cache``: the splits read every epoch;
+    the test split is read once, and caching it would hold about 1 GB at 224 px for nothing); shuffled and
+    batched (drop_last) when ``seed`` is given (the training split), else in order with every image."""
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
@@ -209,7 +210,9 @@ def _tf_pipeline(paths, targets, size, batch_size, seed=None, augment=None):
         order = np.random.default_rng(seed).permutation(len(names))
         names, targets = [names[i] for i in order], targets[order]
     images = tf.data.Dataset.from_tensor_slices(names).map(decode, num_parallel_calls=autotune)
-    ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(targets))).cache()
+    ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(targets)))
+    if cache:
+        ds = ds.cache()
     if seed is not None:
         ds = ds.shuffle(min(len(names), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=seed is not None).map(to_float, num_parallel_calls=autotune)
@@ -218,7 +221,7 @@ def _tf_pipeline(paths, targets, size, batch_size, seed=None, augment=None):
     return ds.prefetch(autotune)
 
 
-def _grain_pipeline(paths, targets, size, batch_size, seed=None, augment=None):
+def _grain_pipeline(paths, targets, size, batch_size, seed=None, augment=None, cache=True):  # noqa: ARG001
     """``grain`` over ``paths`` (Pillow decode in grain's read threads, no cache); shuffled and batched
     (drop_last) when ``seed`` is given, else in order with every image."""
     import grain

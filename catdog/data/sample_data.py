@@ -313,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zip", action="store_true", help="write the zips Kaggle ships instead of folders")
     parser.add_argument("--corrupt", type=int, default=0, help="truncated JPEGs to plant among cats and dogs")
     parser.add_argument("--force", action="store_true", help="replace existing sample data in --out")
+    parser.add_argument("--scale", choices=("small", "kaggle"), default="small",
+                        help="kaggle: the real downloads' counts, names and photo sizes (ignores --cats, --dogs-per-"
+                        "breed, --breeds, --size, --corrupt)")  # fmt: skip
+    parser.add_argument("--fraction", type=float, default=1.0, help="--scale kaggle: share of every count (default 1)")
+    parser.add_argument("--workers", type=int, default=None, help="--scale kaggle: processes drawing (default: cores)")
     args = parser.parse_args(argv)
     for name in (CATS_DIRNAME, DOGS_DIRNAME, f"{CATS_DIRNAME}.zip", f"{DOGS_DIRNAME}.zip"):
         existing = args.out / name
@@ -320,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
             if not args.force:
                 raise CatDogError(f"{existing} already exists; pass --force to replace it")
             shutil.rmtree(existing) if existing.is_dir() else existing.unlink()
+    if args.scale == "kaggle":
+        from catdog.data.kaggle_scale import generate_kaggle, scaled_count
+
+        result = generate_kaggle(args.out, args.fraction, args.seed, args.zip, args.workers)
+        cat_train, cat_test = scaled_count(8995, args.fraction), scaled_count(3505, args.fraction)
+        print(f"cats: {result.cats_source}\ndogs: {result.dogs_source}")
+        print(f"next: catdog fuse --cats-source {result.cats_source} --dogs-source {result.dogs_source} "
+              f"--out dataset --cat-train {cat_train} --cat-test {cat_test}")  # fmt: skip
+        return 0
     result = generate(args.out, args.cats, args.dogs_per_breed, args.breeds, args.size, args.seed, args.zip,
                       args.corrupt)  # fmt: skip
     usable = args.cats - args.corrupt
