@@ -21,7 +21,7 @@ from catdog.data.fusion import fuse
 from catdog.data.kaggle_scale import KAGGLE_BREEDS, breed_counts, generate_kaggle
 
 FRACTION = 0.02
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scaled(count: int) -> int:
