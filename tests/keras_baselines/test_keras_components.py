@@ -24,7 +24,7 @@ if "keras" not in sys.modules:
     os.environ["KERAS_BACKEND"] = "tensorflow"  # the default backend; the torch one runs in a subprocess
 # Lightning before keras: typing caches Unions by set equality, so a ``Optional[Union[float, int]]`` that keras
 # builds first becomes Lightning's ``limit_train_batches`` type, and the Trainer arguments of the other tests
-# in this process (test_poutyne, test_train_cli) would parse ``--trainer.limit_train_batches 2`` as 2.0.
+# in this process (the poutyne tests, test_train_cli) would parse ``--trainer.limit_train_batches 2`` as 2.0.
 with contextlib.suppress(ImportError):  # the keras tests themselves do not need it
     import lightning.pytorch  # noqa: F401
 keras = pytest.importorskip("keras", reason="keras_baselines needs the keras extra: pip install -e '.[keras]'")
