@@ -85,8 +85,7 @@ def train_cli(root: Path, seed: int, size: int, epochs: int) -> dict[str, float]
 
 
 def poutyne(root: Path, seed: int, size: int, epochs: int) -> dict[str, float]:
-    """tests/poutyne/test_poutyne_parity.py::test_a_short_run_learns_both_classes: the demo's data, 64 px,
-    batch 32, 3 epochs."""
+    """tests/test_poutyne.py::test_a_short_run_learns_both_classes: the demo's data, 64 px, batch 32, 3 epochs."""
     from catdog.poutyne.trainer import train_poutyne
 
     data = _fused(root, cats=200, dogs_per_breed=20, breeds=10, size=64, seed=0, cat_train=144, cat_test=56)
@@ -101,7 +100,7 @@ def poutyne(root: Path, seed: int, size: int, epochs: int) -> dict[str, float]:
 
 
 def keras(root: Path, seed: int, size: int, epochs: int) -> dict[str, float]:
-    """tests/keras_baselines/test_keras_runs.py::test_a_short_run_learns_both_classes: custom_cnn, 32 px, 12 epochs."""
+    """tests/test_keras_baselines.py::test_a_short_run_learns_both_classes: custom_cnn, 32 px, 12 epochs."""
     from catdog.metrics import read_predictions
     from keras_baselines.cli import main
 

@@ -31,8 +31,8 @@ def _default_backend() -> str:
     return env if env in BACKENDS else BACKENDS[0]
 
 
-def _common_arguments() -> argparse.ArgumentParser:
-    """The options both commands take (a parent parser)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``keras_baselines`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--backend",
@@ -41,11 +41,14 @@ def _common_arguments() -> argparse.ArgumentParser:
         help="Keras backend (default: $KERAS_BACKEND if supported, else tensorflow)",
     )
     common.add_argument("--batch-size", type=int, default=32)
-    return common
 
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_baselines",
+        description="Train and evaluate the four Keras baselines on the fused cat/dog dataset.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
 
-def _add_train_data_arguments(train: argparse.ArgumentParser) -> None:
-    """``train``: the model, the data, the run directory and the validation split."""
+    train = sub.add_parser("train", parents=[common], help="train, test and write metrics.json")
     train.add_argument("--model", required=True, choices=(*MODEL_NAMES, "all"), help="model, or all four")
     train.add_argument("--data", required=True, type=Path, help="fused dataset with train/ and test/")
     train.add_argument(
@@ -71,10 +74,6 @@ def _add_train_data_arguments(train: argparse.ArgumentParser) -> None:
         help="random (stratified by class) or breed (whole dog breeds validate, as they test; needs the "
         "dataset's manifest.csv)",
     )
-
-
-def _add_train_optimization_arguments(train: argparse.ArgumentParser) -> None:
-    """``train``: seed, determinism, learning rate and BatchNorm handling."""
     train.add_argument("--seed", type=int, default=42)
     train.add_argument(
         "--deterministic",
@@ -102,10 +101,6 @@ def _add_train_optimization_arguments(train: argparse.ArgumentParser) -> None:
         default=DEFAULT_BN_RECALIBRATION_STEPS,
         help="... only while fewer optimizer steps than this have run",
     )
-
-
-def _add_train_run_arguments(train: argparse.ArgumentParser) -> None:
-    """``train``: early stopping, weights and how the run behaves."""
     train.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
     train.add_argument("--min-delta", type=float, default=0.0, help="early stopping minimum improvement")
     train.add_argument("--steps-per-epoch", type=int, default=None, help="cap batches per epoch (smoke runs)")
@@ -117,33 +112,13 @@ def _add_train_run_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--eager", action="store_true", help="run eagerly, no graph compilation (smoke runs)")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
 
-
-def _add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
-    """``evaluate``: the saved model, the data and where results go."""
+    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a saved .keras model on test/")
     evaluate.add_argument("--model-path", required=True, type=Path, help="a .keras file written by train")
     evaluate.add_argument("--data", required=True, type=Path, help="fused dataset with test/")
     evaluate.add_argument(
         "--out", type=Path, default=None, help="where predictions.csv and metrics.json go (default: the run directory)"
     )
     evaluate.add_argument("--name", default=None, help="model name in metrics.json (default: from run.json)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``keras_baselines`` argument parser."""
-    common = _common_arguments()
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_baselines",
-        description="Train and evaluate the four Keras baselines on the fused cat/dog dataset.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", parents=[common], help="train, test and write metrics.json")
-    _add_train_data_arguments(train)
-    _add_train_optimization_arguments(train)
-    _add_train_run_arguments(train)
-
-    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a saved .keras model on test/")
-    _add_evaluate_arguments(evaluate)
     return parser
 
 

@@ -123,12 +123,3 @@ def skip_or_fail() -> Callable[[str, str], NoReturn]:
         pytest.skip(reason)
 
     return skip_or_fail
-
-
-@pytest.fixture(scope="module")
-def small_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The container check's two small exported models (tests/test_container*.py)."""
-    from container_helpers import check
-
-    pytest.importorskip("torch")
-    return check.export_small_models(tmp_path_factory.mktemp("container") / "models")

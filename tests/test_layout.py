@@ -275,13 +275,9 @@ def test_every_package_says_what_it_owns_and_may_import(package: str) -> None:
     assert "import" in doc.lower(), f"{package}: the docstring should say what the package may import"
 
 
-#: The folders whose Python files the size limits cover: the package, the optional baselines, and the rest.
-SIZED_FOLDERS = ("catdog", "keras_baselines", "benchmarks", "scripts", "tests")
-
-
 def test_modules_and_functions_are_short() -> None:
     long = []
-    for path in sorted(p for folder in SIZED_FOLDERS for p in (ROOT / folder).rglob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
         if relative in KNOWN_LONG_FILES:
             continue
