@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from catdog import CatDogError, __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("catdog.data.sample_data:main", "Generate learnable sample data in both Kaggle layouts."),
+    "sample-data": ("catdog.data.sample_cli:main", "Generate learnable sample data in both Kaggle layouts."),
     "fuse": ("catdog.data.fusion:main", "Fuse Kaggle cats and breed-split dogs into dataset/{train,test}/{cat,dog}."),
     "fit": ("catdog.training.cli:main", "Train a model (LightningCLI): catdog fit -c scratch"),
     "validate": ("catdog.training.cli:main", "Validate a checkpoint (LightningCLI)."),

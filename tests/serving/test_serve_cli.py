@@ -78,7 +78,7 @@ def test_defaults_help_and_environment_come_from_the_table(clean_env: pytest.Mon
 #: the table is a visible decision: the docs, the container and the Kubernetes manifests rely on them.
 DOCUMENTED_DEFAULTS = {
     "model": [],
-    "host": "0.0.0.0",
+    "host": "127.0.0.1",
     "port": 8000,
     "max_batch_size": 8,
     "batch_timeout": 0.01,
@@ -89,6 +89,9 @@ DOCUMENTED_DEFAULTS = {
     "max_image_pixels": 40_000_000,
     "timeout": 30.0,
     "max_restarts": 5,
+    "max_queue": 0,
+    "api_key": "",
+    "api_key_file": "",
     "log_level": "info",
 }
 
