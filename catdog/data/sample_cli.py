@@ -9,7 +9,6 @@ from pathlib import Path
 
 from catdog import CatDogError
 from catdog.data import sample_data
-from catdog.data.kaggle_scale import generate_kaggle, scaled_count
 from catdog.data.sample_data import BREED_NAMES, CATS_DIRNAME, DOGS_DIRNAME, generate
 
 
@@ -37,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise CatDogError(f"{existing} already exists; pass --force to replace it")
             shutil.rmtree(existing) if existing.is_dir() else existing.unlink()
     if args.scale == "kaggle":
+        from catdog.data.kaggle_scale import generate_kaggle, scaled_count  # tqdm: the data extra
+
         result = generate_kaggle(args.out, args.fraction, args.seed, args.zip, args.workers)
         cat_train, cat_test = scaled_count(8995, args.fraction), scaled_count(3505, args.fraction)
         print(f"cats: {result.cats_source}\ndogs: {result.dogs_source}")
