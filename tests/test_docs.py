@@ -166,16 +166,7 @@ def test_every_catdog_command_named_exists() -> None:
 def test_every_flag_of_a_catdog_example_is_in_its_help(command: str) -> None:
     if command not in COMMANDS:
         pytest.skip(f"{command!r} is not a command (test_every_catdog_command_named_exists names it)")
-    text = help_text("catdog", command)
-    missing = sorted(
-        {
-            f"{e.where}: {flag}"
-            for e in EXAMPLES
-            if e.program == "catdog" and e.command == command
-            for flag in e.flags
-            if not re.search(rf"(?<![\w.-]){re.escape(flag)}(?![\w-])", text)
-        }
-    )
+    missing = _flags_missing_from_help("catdog", command)
     assert not missing, f"options that `catdog {command} --help` does not list: {missing}"
 
 
@@ -183,17 +174,22 @@ def test_every_flag_of_a_catdog_example_is_in_its_help(command: str) -> None:
 @pytest.mark.skipif(not KERAS, reason="needs the keras extra")
 @pytest.mark.parametrize("command", sorted({e.command for e in EXAMPLES if e.program == "keras_baselines"}))
 def test_every_flag_of_a_keras_baselines_example_is_in_its_help(command: str) -> None:
-    text = help_text("keras_baselines", command)
-    missing = sorted(
+    missing = _flags_missing_from_help("keras_baselines", command)
+    assert not missing, f"options that `python -m keras_baselines {command} --help` does not list: {missing}"
+
+
+def _flags_missing_from_help(program: str, command: str) -> list[str]:
+    """``where: flag`` of every example flag of ``program command`` that its ``--help`` does not list."""
+    text = help_text(program, command)
+    return sorted(
         {
             f"{e.where}: {flag}"
             for e in EXAMPLES
-            if e.program == "keras_baselines" and e.command == command
+            if e.program == program and e.command == command
             for flag in e.flags
             if not re.search(rf"(?<![\w.-]){re.escape(flag)}(?![\w-])", text)
         }
     )
-    assert not missing, f"options that `python -m keras_baselines {command} --help` does not list: {missing}"
 
 
 def _cheap(example: Example) -> bool:
