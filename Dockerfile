@@ -54,7 +54,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER catdog
 WORKDIR /home/catdog
 EXPOSE 8000
-# No curl in a slim image: the probe is Python's urllib (a non-2xx answer or no answer exits non-zero).
+# Healthy = ready: /readyz answers 200 once every model is loaded (Kubernetes probes /livez and /readyz
+# apart). No curl in a slim image: the probe is Python's urllib (a non-2xx answer or no answer exits non-zero).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 CMD ["catdog", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -12,7 +12,9 @@
 4. ``catdog compare`` over the full fused data with a step cap (1 epoch, 2 steps, 64 px, stand-in ImageNet
    weights), one run at a time: wall and peak RSS per run (the trainer's process tree), and predictions.csv
    rows against the test split.
-5. An estimate on paper of the full recipe (224 px, 10 epochs, seven runs) on one GPU, assumptions printed.
+5. Keras at 224 px: the input pipelines over two epochs (their in-memory cache), then each model's training
+   steps alone: together, a Keras trainer's peak memory.
+6. An estimate on paper of the full recipe (224 px, 10 epochs, seven runs) on one GPU, assumptions printed.
 
 ``--quick`` (a test runs it): fraction 0.02, 24 images for the data path, no compare runs; seconds.
 The GPU rate: timm's published training benchmark (results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv)
@@ -228,6 +230,35 @@ def bench_keras_cache(dataset: Path, size: int = 224) -> None:
     )
 
 
+_KERAS_STEPS = """import sys
+import numpy as np
+from keras_baselines.models import build_model, get_spec
+name, size, weights = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None
+model = build_model(name, size, weights=weights if get_spec(name).pretrained else None, offline=True)
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (96, size, size, 3)).astype("float32")
+y = rng.integers(0, 2, 96)
+y = np.eye(2, dtype="float32")[y] if get_spec(name).label_mode == "categorical" else y.astype("float32")[:, None]
+model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+model.predict(x, batch_size=32, verbose=0)
+"""
+
+
+def bench_keras_models(root: Path, size: int = 224) -> None:
+    """Peak RSS of each Keras model training three steps of batch 32 at ``size`` px (and predicting), in a process
+    of its own: the model's share of a trainer's memory, beside the input pipelines' share measured above."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    baseline = measure([sys.executable, "-c", "import keras_baselines.models"], env=env)
+    weights = str(root / "weights" / "effnetv2b2_notop.weights.h5")
+    print(f"\nKeras models at {size} px, 3 training steps of 32 + predict, one process each ({_cpu_note()}):")
+    print(f"  import only (baseline): peak RSS {baseline.rss_mb / 1000:.2f} GB")
+    for name in ("effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn", "vgg16"):
+        m = measure([sys.executable, "-c", _KERAS_STEPS, name, str(size), weights], env=env)
+        verdict = "" if m.status == 0 else " (FAILED)"
+        print(f"  {name:22s} peak RSS {m.rss_mb / 1000:5.2f} GB, {m.wall:6.0f} s wall, {m.cpu:6.0f} s CPU{verdict}",
+              flush=True)  # fmt: skip
+
+
 def _compare_config(root: Path) -> Path:
     """configs/compare.yaml with the step-capped recipe and stand-in ImageNet weights (made once)."""
     weights = root / "weights"
@@ -299,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_compare(args.root, dataset, runs)
     if not args.quick:
         bench_keras_cache(dataset)
+        bench_keras_models(args.root)
     estimate(dataset, rates[224], args.gpu_rate)
     return 0
 

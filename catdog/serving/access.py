@@ -9,7 +9,8 @@
 * :class:`Admission`: ASGI middleware bounding the requests of each model that are in the server at once
   (arrived, not yet answered; every HTTP process together) to ``--max-queue``. One more gets ``503
   {"error": "overloaded"}`` with ``Retry-After`` at once, without reading its body; the other models are
-  not affected. :class:`QueueDepth` holds the counts in shared memory (``/metrics`` reads them).
+  not affected. The key is checked first: a request without a valid key gets its 401 whatever the queue
+  holds, and never takes a place in it. :class:`QueueDepth` holds the counts in shared memory (``/metrics`` reads them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import multiprocessing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from fastapi import HTTPException
 
 from catdog import CatDogError
 from catdog.serving.http import client_error, error_response
@@ -137,17 +140,24 @@ class QueueDepth:
 class Admission:
     """ASGI middleware: at most ``max_queue`` requests of each model in the server; ``503 overloaded`` past it."""
 
-    def __init__(self, app: Any, models: Sequence[str], max_queue: int, depth: QueueDepth) -> None:
+    def __init__(
+        self, app: Any, models: Sequence[str], max_queue: int, depth: QueueDepth, keys: ApiKeys | None = None
+    ) -> None:
         self.app = app
         self.paths = {f"/predict/{name}": name for name in models}
         self.max_queue = max_queue
         self.depth = depth
+        self.keys = keys or ApiKeys()
         self._row: int | None = None  # this process's row, cleared on its first request
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         model = self.paths.get(scope.get("path", "")) if scope["type"] == "http" else None
         if model is None:
             await self.app(scope, receive, send)
+            return
+        refusal = self._key_refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
         row = self._claim_row(scope)
         if self.depth.enter(row, model, self.max_queue) is None:
@@ -163,6 +173,17 @@ class Admission:
             await self.app(scope, receive, send)
         finally:
             self.depth.leave(row, model)
+
+    def _key_refusal(self, scope: dict) -> Any:
+        """The 401 answer for a request without an accepted key, or None (no key needed, or a good one)."""
+        if not self.keys.required:
+            return None
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+        try:
+            self.keys.check(headers.get("authorization"), headers.get("x-api-key"))
+        except HTTPException as error:
+            return error_response(error.status_code, **error.detail, headers=error.headers)
+        return None
 
     def _claim_row(self, scope: dict) -> int:
         if self._row is None:

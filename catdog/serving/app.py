@@ -143,7 +143,9 @@ def build_server(models: Sequence[ServedModel], settings: ServeSettings | None =
     install_error_handlers(server.app, models)
     pending = server.response_buffer = ExpiringBuffer(max_age=2 * s.timeout + 5)  # a handler waits `timeout` at most
     server.app.add_middleware(Deadline, timeout=s.timeout, models=names, restarts=restarts, pending=pending)
-    server.app.add_middleware(Admission, models=names, max_queue=s.max_queue, depth=depth)  # outside the deadline
+    server.app.add_middleware(  # outside the deadline; the key before the queue
+        Admission, models=names, max_queue=s.max_queue, depth=depth, keys=s.api_keys
+    )
     health.mount(server, models, s.workers, restarts, api_key=s.api_keys.required)
     mount_extras(server, models)
     return server

@@ -214,13 +214,25 @@ class CatDogClassifier(pl.LightningModule):
         self._val_outputs = []
 
     def on_validation_epoch_end(self) -> None:
-        """Warn when validation calls (nearly) everything one class although P(dog) ranks the images well."""
+        """Warn when validation calls (nearly) everything one class although P(dog) ranks the images well.
+
+        In a distributed run the processes' shares are gathered first, so the warning is about the whole
+        validation split and rank 0 says it once.
+        """
         outputs, self._val_outputs = self._val_outputs, []
-        if not outputs or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
             return
-        labels = torch.cat([targets for _, targets in outputs]).numpy()
-        p_dog = torch.cat([probs for probs, _ in outputs]).double().numpy()
-        warning = score(labels, p_dog).collapse_warning(len(batchnorm_layers(self.network)))
+        labels = torch.cat([targets for _, targets in outputs]) if outputs else torch.zeros(0, dtype=torch.long)
+        p_dog = torch.cat([probs for probs, _ in outputs]).double() if outputs else torch.zeros(0, dtype=torch.float64)
+        if self.trainer.world_size > 1:  # a collective: every process takes part, even with an empty share
+            parts: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, (labels, p_dog))
+            labels, p_dog = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
+            if not self.trainer.is_global_zero:
+                return
+        if not len(labels):
+            return
+        warning = score(labels.numpy(), p_dog.numpy()).collapse_warning(len(batchnorm_layers(self.network)))
         if warning:
             log.warning("epoch %d validation: %s", self.current_epoch, warning)
 

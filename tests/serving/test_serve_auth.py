@@ -163,6 +163,9 @@ def test_a_full_queue_answers_503_at_once_while_the_other_model_answers(server: 
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"] == "overloaded"
         assert refused.headers["retry-after"] == "1"
+        for headers in ({}, {"X-API-Key": WRONG_KEY}):  # the key is checked before the queue: 401, not 503
+            unauthorized = predict(server, "pretrained", headers)
+            assert (unauthorized.status_code, unauthorized.json()["error"]) == (401, "unauthorized")
         assert predict(server, "scratch", key).status_code == 200  # the other model is not affected
         assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
     finally:
@@ -172,6 +175,7 @@ def test_a_full_queue_answers_503_at_once_while_the_other_model_answers(server: 
     assert predict(server, "pretrained", key).status_code == 200
     moved = delta(before, scrape(server), "catdog_errors_total")
     assert moved[labels(model="pretrained", error="overloaded")] == 1
+    assert moved[labels(model="pretrained", error="unauthorized")] == 2
 
 
 def test_a_burst_gets_200_or_a_fast_503_and_nothing_else(server: Server) -> None:

@@ -229,3 +229,50 @@ def test_the_file_picker_is_reached_with_the_keyboard_and_shows_focus(browser: A
     assert browser.execute_script("return document.getElementById('file').labels.length") == 1
     assert drop.value_of_css_property("outline-style") == "solid"  # the visible focus ring
     assert browser.find_element("id", "results").get_attribute("aria-live") == "polite"
+
+
+PAGE_KEY = "page-key-4b1f9e02c7d3a8"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(
+    models: dict[str, ExportedModel], no_torch_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("keyed") / "serve.log"
+    with served(model_options(models), log, no_torch_path, env={"CATDOG_API_KEY": PAGE_KEY}) as server:
+        yield server
+
+
+def test_a_server_with_a_key_gets_it_from_the_page_and_then_answers(
+    browser: Any, keyed_server: Server, tmp_path: Path
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open(browser, keyed_server, DESKTOP)
+    form = browser.find_element("id", "key-form")
+    assert form.is_displayed()  # /health says a key is needed: the page asks at once
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(encode(cat(9, size=200), "JPEG"))
+    _choose(browser, photo, "error")  # no key yet: every model answers 401
+    unauthorized = "photo.jpg: This server needs a valid API key: enter it above, then choose the image again."
+    assert browser.find_element("id", "status").text == unauthorized
+
+    status = browser.find_element("id", "status")
+    for key, state in (("not-the-key-000000000", "error"), (PAGE_KEY, "done")):
+        field = browser.find_element("id", "key")
+        field.clear()
+        field.send_keys(key)
+        browser.execute_script("arguments[0].dataset.state = 'busy'", status)
+        form.find_element("css selector", "button").click()  # asks again with the file already chosen
+        WebDriverWait(browser, 30).until(lambda d: status.get_attribute("data-state") in {"done", "error"})
+        assert status.get_attribute("data-state") == state, status.text
+
+    expected = requests.post(
+        f"{keyed_server.url}/predict/pretrained",
+        files={"file": photo.open("rb")},
+        headers={"Authorization": f"Bearer {PAGE_KEY}"},
+        timeout=30,
+    ).json()
+    card = browser.find_element("id", "card-pretrained")
+    assert card.find_element("css selector", ".answer").text == expected["label"]
+    assert PAGE_KEY not in keyed_server.log_text()  # the key is sent, never logged
