@@ -10,6 +10,7 @@ from pathlib import Path
 from catdog import CatDogError
 from catdog.data import sample_data
 from catdog.data.sample_data import BREED_NAMES, CATS_DIRNAME, DOGS_DIRNAME, generate
+from catdog.data.splits import DEFAULT_CAT_TEST, DEFAULT_CAT_TRAIN
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         from catdog.data.kaggle_scale import generate_kaggle, scaled_count  # tqdm: the data extra
 
         result = generate_kaggle(args.out, args.fraction, args.seed, args.zip, args.workers)
-        cat_train, cat_test = scaled_count(8995, args.fraction), scaled_count(3505, args.fraction)
+        cat_train, cat_test = (scaled_count(count, args.fraction) for count in (DEFAULT_CAT_TRAIN, DEFAULT_CAT_TEST))
         print(f"cats: {result.cats_source}\ndogs: {result.dogs_source}")
         print(f"next: catdog fuse --cats-source {result.cats_source} --dogs-source {result.dogs_source} "
               f"--out dataset --cat-train {cat_train} --cat-test {cat_test}")  # fmt: skip

@@ -24,6 +24,8 @@ from catdog import CLASSES, CatDogError
 
 #: The file ``catdog fuse`` writes beside train/ and test/ (one row per source file; ``catdog.data.fusion``).
 MANIFEST = "manifest.csv"
+#: Cats ``catdog fuse`` puts in train and test by default: the split of the original work.
+DEFAULT_CAT_TRAIN, DEFAULT_CAT_TEST = 8995, 3505
 #: How ``train/`` is split into training and validation images.
 VAL_SPLITS = ("random", "breed")
 

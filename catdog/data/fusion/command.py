@@ -21,6 +21,7 @@ from catdog.data.fusion.records import (
     split_document,
 )
 from catdog.data.fusion.sources import Source
+from catdog.data.splits import DEFAULT_CAT_TEST, DEFAULT_CAT_TRAIN
 
 VERIFY = ("quick", "full")
 
@@ -44,8 +45,8 @@ def fuse(
     cats_source: str | os.PathLike[str],
     dogs_source: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    cat_train: int = 8995,
-    cat_test: int = 3505,
+    cat_train: int = DEFAULT_CAT_TRAIN,
+    cat_test: int = DEFAULT_CAT_TEST,
     test_breed_fraction: float | None = None,
     test_breeds: list[str] | None = None,
     seed: int = 42,
@@ -247,8 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dogs-source", required=True, type=Path,
                         help="Dog Breed Identification: zip or folder with labels.csv and train/")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. dataset")
-    parser.add_argument("--cat-train", type=int, default=8995, help="cats for train (default 8995)")
-    parser.add_argument("--cat-test", type=int, default=3505, help="cats for test (default 3505)")
+    parser.add_argument("--cat-train", type=int, default=DEFAULT_CAT_TRAIN, help="cats for train (default %(default)s)")
+    parser.add_argument("--cat-test", type=int, default=DEFAULT_CAT_TEST, help="cats for test (default %(default)s)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--test-breed-fraction", type=float,
                        help="share of breeds for test (default: the cats' test share)")  # fmt: skip
