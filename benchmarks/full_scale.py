@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-rate", type=float, default=B2_RATE_208 * (208 / 224) ** 2,
                         help="assumed B2 training images/s at 224 px on one GPU (default: timm's, scaled)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="fraction 0.02, 24 photos, no compare runs")
-    parser.add_argument("--skip", nargs="+", default=[], choices=["data", "keras"],
-                        help="parts not to measure this time (the data path; the Keras memory figures)")  # fmt: skip
+    parser.add_argument("--skip", nargs="+", default=[], choices=["data", "keras-cache", "keras-models"],
+                        help="parts not measured this time (data path, Keras pipelines, Keras models)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.fraction, args.images, args.runs = 0.02, 24, ["none"]
@@ -358,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     rates = bench_data_path(dataset, args.images, args.gpu_rate) if "data" not in args.skip else None
     if runs:
         bench_compare(args.root, dataset, runs)
-    if not args.quick and "keras" not in args.skip:
+    if not args.quick and "keras-cache" not in args.skip:
         bench_keras_cache(dataset)
+    if not args.quick and "keras-models" not in args.skip:
         bench_keras_models(args.root)
     if rates:
         estimate(dataset, rates[224], args.gpu_rate)
