@@ -140,13 +140,15 @@ def bench_fusion(root: Path, cats: Path, dogs: Path, fraction: float, quick: boo
     }
     on_disk = {name: statistics.median(values) for name, values in synced.items()}
     print(f"\nfusion (one process each, median of {len(runs['cp -r'])} alternating runs after sync; {_cpu_note()})")
-    header = f"  {'':14s} {'wall s':>8s} {'CPU s':>8s} {'RSS MB':>8s} {'+ sync s':>9s}"
+    header = f"  {'':14s} {'wall s':>8s} {'CPU s':>8s} {'RSS MB':>8s} {'+ sync s':>9s} {'wall range s':>13s}"
     print(f"{header}  ratio to its cp (wall, CPU, + sync)")
     for name, base in (("cp -r", None), ("fuse copy", "cp -r"), ("cp -rl", None), ("fuse hardlink", "cp -rl")):
         m = results[name]
+        walls = [run.wall for run in runs[name]]
+        spread = f"{min(walls):.2f}-{max(walls):.2f}"
         ratio = (f"  {m.wall / results[base].wall:5.2f}x {m.cpu / results[base].cpu:5.2f}x "
                  f"{on_disk[name] / on_disk[base]:5.2f}x" if base else "")  # fmt: skip
-        print(f"  {name:14s} {m.wall:8.2f} {m.cpu:8.2f} {m.rss_mb:8.0f} {on_disk[name]:9.2f}{ratio}")
+        print(f"  {name:14s} {m.wall:8.2f} {m.cpu:8.2f} {m.rss_mb:8.0f} {on_disk[name]:9.2f} {spread:>13s}{ratio}")
     _check_manifest(dataset, cats, dogs)
     shutil.rmtree(work)
     return dataset
