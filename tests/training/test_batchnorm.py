@@ -199,7 +199,9 @@ def test_collapsed_validation_is_named_in_the_log(caplog: pytest.LogCaptureFixtu
     from catdog.training.module import CatDogClassifier
 
     model = CatDogClassifier(image_size=32)
-    model._trainer = SimpleNamespace(sanity_checking=False, current_epoch=0)  # type: ignore[assignment]
+    model._trainer = SimpleNamespace(  # type: ignore[assignment]
+        sanity_checking=False, current_epoch=0, world_size=1, is_global_zero=True
+    )
     model._val_outputs = [(torch.tensor([0.6, 0.7, 0.8, 0.9, 0.95]), torch.tensor([0, 0, 1, 1, 1]))]
     with caplog.at_level("WARNING", logger="catdog.training.module"):
         model.on_validation_epoch_end()
