@@ -116,8 +116,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="catdog-load-"))
-    models = dict(spec.split("=", 1) for spec in args.model) if args.model else export_models(workdir, args.image_size)
+    with tempfile.TemporaryDirectory(prefix="catdog-load-") as workdir:
+        models = dict(spec.split("=", 1) for spec in args.model) if args.model else None
+        return run_load(args, models or export_models(Path(workdir), args.image_size))
+
+
+def run_load(args: argparse.Namespace, models: dict[str, str]) -> int:
+    """Serve ``models``, run the warm-up and the measured load, and report."""
     images = good_images()
     expected = {name: [in_process_probabilities(path, image) for image in images] for name, path in models.items()}
     uploads = build_uploads(list(models), images)

@@ -102,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="catdog-bench-"))
-    network, config, onnx_path = _export(args, workdir)
-    eager, onnx_rate = _model_only(network, onnx_path, config.image_size, args)
-    jpegs = _jpegs(32, args.photo_size)
-    results, modes = _in_process_vs_served(onnx_path, config, jpegs, args)
-    int8_ratio = _int8_vs_fp32(onnx_path, workdir, jpegs, args) if args.int8 else None
+    with tempfile.TemporaryDirectory(prefix="catdog-bench-") as tmp:
+        workdir = Path(tmp)
+        network, config, onnx_path = _export(args, workdir)
+        eager, onnx_rate = _model_only(network, onnx_path, config.image_size, args)
+        jpegs = _jpegs(32, args.photo_size)
+        results, modes = _in_process_vs_served(onnx_path, config, jpegs, args)
+        int8_ratio = _int8_vs_fp32(onnx_path, workdir, jpegs, args) if args.int8 else None
     _goals(results, modes, onnx_rate[1] / eager[1], int8_ratio)
     return 0
 
