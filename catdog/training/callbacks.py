@@ -32,6 +32,7 @@ from catdog.metrics import (
     write_metrics,
     write_predictions,
 )
+from catdog.training.distributed import gather_rows
 from catdog.training.network import count_parameters
 
 #: The validation images of a fit, written into its run folder.
@@ -115,19 +116,6 @@ class RunRecorder(Timer):
         val_path = _write_val_predictions(trainer, val_rows)
         if val_path is not None:
             print(f"validation predictions of the same weights written to {val_path}")
-
-
-def gather_rows(trainer: pl.Trainer, rows: list[Any]) -> list[Any]:
-    """Every process's ``rows``, concatenated in rank order (``rows`` itself in a run of one process).
-
-    Each process may hold a different number of rows (the evaluation loaders' shares differ by one image at
-    most); every process must call this, since it is a collective operation.
-    """
-    if trainer.world_size == 1:
-        return list(rows)
-    gathered: list[Any] = [None] * trainer.world_size
-    torch.distributed.all_gather_object(gathered, list(rows))
-    return [row for part in gathered for row in part]
 
 
 def _val_rows(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, float]] | None:

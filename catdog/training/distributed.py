@@ -4,11 +4,14 @@
   timm's ``BatchNormAct2d`` whole (normalisation, then its dropout and activation) through
   :func:`timm.layers.convert_sync_batchnorm`, and turns it back into ``BatchNormAct2d`` after the fit (torch's
   converter makes it a plain ``SyncBatchNorm`` and drops the activation).
+* :func:`gather_rows`: every process's rows (test and validation predictions, the collapse warning's inputs)
+  in rank order.
 * :func:`check_trainer_devices`: the trainer settings that cannot work on this machine (a GPU asked for but
   absent; synchronised BatchNorm on the CPU, which torch refuses) as one clear error, before any process starts.
 
 The data side (each process's share of the seeded training order, evaluation loaders that read every image once)
-is :mod:`catdog.data.datamodule`'s; the gathering of test and predict rows is :mod:`catdog.training.callbacks`'.
+is :mod:`catdog.data.datamodule`'s; the prediction files made of gathered rows are
+:mod:`catdog.training.callbacks`'.
 See ``docs/distributed.md``.
 """
 
@@ -81,3 +84,16 @@ def runs_on_cpu(trainer: Any) -> bool:
 def timm_sync_batchnorm_plugin() -> dict[str, Any]:
     """The config entry of :class:`TimmSyncBatchNorm` for ``trainer.plugins``."""
     return {"class_path": f"{__name__}.{TimmSyncBatchNorm.__name__}"}
+
+
+def gather_rows(trainer: Any, rows: list[Any]) -> list[Any]:
+    """Every process's ``rows``, concatenated in rank order (``rows`` itself in a run of one process).
+
+    Each process may hold a different number of rows (the evaluation loaders' shares differ by one image at
+    most); every process must call this, since it is a collective operation.
+    """
+    if trainer.world_size == 1:
+        return list(rows)
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, list(rows))
+    return [row for part in gathered for row in part]

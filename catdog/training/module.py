@@ -30,6 +30,7 @@ from catdog.training.batchnorm import (
     batchnorm_layers,
     recalibrate_batchnorm,
 )
+from catdog.training.distributed import gather_rows
 from catdog.training.network import (
     DEFAULT_MODEL,
     build_network,
@@ -225,8 +226,7 @@ class CatDogClassifier(pl.LightningModule):
         labels = torch.cat([targets for _, targets in outputs]) if outputs else torch.zeros(0, dtype=torch.long)
         p_dog = torch.cat([probs for probs, _ in outputs]).double() if outputs else torch.zeros(0, dtype=torch.float64)
         if self.trainer.world_size > 1:  # a collective: every process takes part, even with an empty share
-            parts: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, (labels, p_dog))
+            parts = gather_rows(self.trainer, [(labels, p_dog)])
             labels, p_dog = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
             if not self.trainer.is_global_zero:
                 return
