@@ -1,5 +1,6 @@
 """BatchNorm statistics in a distributed run: every process ends with the statistics one process gets from all
-the batches, so the checkpoint rank 0 saves is the model every process evaluated.
+the batches, so the checkpoint rank 0 saves is the model every process evaluated; and the collapse warning is about
+the whole validation split, said once.
 
 Two CPU processes (gloo) re-estimate the statistics of the same timm network (``BatchNormAct2d`` layers) on
 their own training batches; the ground truth is one process re-estimating them on the batches of both.
@@ -124,3 +125,41 @@ def test_a_single_process_is_left_alone() -> None:
     before = copy.deepcopy(statistics(model))
     assert average_batchnorm_statistics(model) == 1
     assert all(torch.equal(a, b) for a, b in zip(before, statistics(model), strict=True))
+
+
+#: Each rank's validation share (P(dog), label): every prediction is Dog and the ranking is perfect, so each share
+#: alone and the whole split look collapsed, each at its own majority-class share: 0.600, 0.800, together 0.700.
+VAL_SHARES = (
+    ([0.6, 0.7, 0.8, 0.9, 0.95], [0, 0, 1, 1, 1]),
+    ([0.6, 0.8, 0.85, 0.9, 0.97], [0, 1, 1, 1, 1]),
+)
+
+
+def _warn_rank(rank: int, port: int, out: str) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from catdog.training.module import CatDogClassifier
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    handler = logging.FileHandler(Path(out) / f"rank{rank}.log")
+    logging.getLogger("catdog.training.module").addHandler(handler)
+    try:
+        model = CatDogClassifier(model_name="test_efficientnet", image_size=SIZE)
+        model._trainer = SimpleNamespace(  # type: ignore[assignment]
+            sanity_checking=False, current_epoch=0, world_size=WORLD, is_global_zero=rank == 0
+        )
+        p_dog, labels = VAL_SHARES[rank]
+        model._val_outputs = [(torch.tensor(p_dog), torch.tensor(labels))]
+        model.on_validation_epoch_end()
+    finally:
+        handler.close()
+        dist.destroy_process_group()
+
+
+def test_the_collapse_warning_is_about_the_whole_validation_split_and_said_once(tmp_path: Path) -> None:
+    mp.start_processes(_warn_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    said = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(WORLD)]
+    assert "majority-class share 0.700" in said[0] and "AUROC is 1.000" in said[0], said
+    assert said[1] == ""  # rank 1 took part in the gathering but says nothing
