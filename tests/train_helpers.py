@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -119,3 +119,16 @@ def assert_head_only_then_everything_trains(
     assert all(not torch.equal(ends[0][name], start[name]) for name in head), "the head did not train"
     still = sorted(name for name in backbone if torch.equal(ends[1][name], ends[0][name]))
     assert not still, f"{len(still)} of {len(backbone)} backbone parameters did not move once unfrozen: {still[:5]}"
+
+
+def assert_pretrained_freeze_run(watch: Any, network: torch.nn.Module, weights: Path) -> None:
+    """A two-epoch ``configs/pretrained.yaml`` run of ``network`` started from ``weights`` (a 1000-class file),
+    from a ``ParameterWatch``'s record: head only, then everything trains; the backbone started from the file."""
+    import torch
+
+    head_ids = {id(p) for p in network.get_classifier().parameters()}
+    head = {name for name, p in network.named_parameters() if id(p) in head_ids}
+    assert_head_only_then_everything_trains(watch.start, watch.ends, watch.trainable, head)
+    saved = torch.load(weights, weights_only=True)  # the head is new
+    for name in set(watch.start) - head:
+        torch.testing.assert_close(watch.start[name], saved[name], rtol=0, atol=0, msg=name)
