@@ -8,7 +8,8 @@ another order and a short run on a few hundred images ends elsewhere. Each scena
 fresh process whose environment (:func:`catdog.utils.cpu_kernel_env`) limits oneDNN, ATen and MKL to that
 instruction set and thread count, as ``pytest --cpu-isa ISA --threads N`` does for the tests. Printed: one
 line per run with its figures, then each figure's minimum and maximum: the tests' thresholds sit below the
-minimum. ``--quick`` runs the smallest form (32 px, 1 epoch, one seed, the machine's own kernels).
+minimum. ``--quick`` runs the smallest form (32 px, 1 epoch, one seed, the machine's own kernels; train_cli
+alone unless scenarios are named). A run that fails prints its error and makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def run_one(scenario: str, kernel: str, seed: int, quick: bool) -> dict[str, flo
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="32 px, 1 epoch, one seed, native kernels")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.scenarios = args.scenarios or list(SCENARIOS)
+    args.scenarios = args.scenarios or (["train_cli"] if args.quick else list(SCENARIOS))
     if unknown := set(args.scenarios) - set(SCENARIOS):
         parser.error(f"unknown scenario(s) {sorted(unknown)}: choose from {', '.join(SCENARIOS)}")
     if args.child:
@@ -171,7 +172,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             figures = function(Path(tmp), args.seeds[0], 32 if args.quick else size, 1 if args.quick else epochs)
         print(json.dumps(figures))
-        return
+        return 0
     kernels = ["nativex1"] if args.quick else args.kernels
     seeds = args.seeds[:1] if args.quick else args.seeds
     jobs = [(s, k, seed) for s in args.scenarios for seed in seeds for k in kernels]
@@ -185,7 +186,11 @@ def main() -> None:
         for key in rows[0] if rows else []:
             values = [row[key] for row in rows]
             print(f"{scenario:<11} {key:<18} min {min(values):.3f}  max {max(values):.3f}  over {len(values)} runs")
+    failed = [job for job, figures in results if "error" in figures]
+    if failed:
+        print(f"{len(failed)} of {len(results)} runs failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
