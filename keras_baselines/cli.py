@@ -47,8 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate the four Keras baselines on the fused cat/dog dataset.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_options(sub.add_parser("train", parents=[common], help="train, test and write metrics.json"))
+    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a saved .keras model on test/")
+    evaluate.add_argument("--model-path", required=True, type=Path, help="a .keras file written by train")
+    evaluate.add_argument("--data", required=True, type=Path, help="fused dataset with test/")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="where predictions.csv and metrics.json go (default: the run directory)"
+    )
+    evaluate.add_argument("--name", default=None, help="model name in metrics.json (default: from run.json)")
+    return parser
 
-    train = sub.add_parser("train", parents=[common], help="train, test and write metrics.json")
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
+    """``train``'s options: data, run length, validation, BatchNorm policy, early stopping, weights."""
     train.add_argument("--model", required=True, choices=(*MODEL_NAMES, "all"), help="model, or all four")
     train.add_argument("--data", required=True, type=Path, help="fused dataset with train/ and test/")
     train.add_argument(
@@ -111,15 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-augment", dest="augment", action="store_false", help="disable augmentation")
     train.add_argument("--eager", action="store_true", help="run eagerly, no graph compilation (smoke runs)")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
-
-    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a saved .keras model on test/")
-    evaluate.add_argument("--model-path", required=True, type=Path, help="a .keras file written by train")
-    evaluate.add_argument("--data", required=True, type=Path, help="fused dataset with test/")
-    evaluate.add_argument(
-        "--out", type=Path, default=None, help="where predictions.csv and metrics.json go (default: the run directory)"
-    )
-    evaluate.add_argument("--name", default=None, help="model name in metrics.json (default: from run.json)")
-    return parser
 
 
 def _summary(metrics) -> str:
