@@ -1,18 +1,17 @@
 """keras_baselines: the four Keras models train, evaluate and report in the shared metrics schema.
 
 Everything runs at 32 px for one or two single-step epochs, eagerly (no graph compilation), on a small
-copy of the fused test dataset; the torch-backend run and the import checks use subprocesses.
+copy of the fused test dataset. The BatchNorm policy on small built models is in test_keras_batchnorm.py, the
+backends and import rules in test_keras_backends.py.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,41 +27,21 @@ with contextlib.suppress(ImportError):  # the keras tests themselves do not need
     import lightning.pytorch  # noqa: F401
 keras = pytest.importorskip("keras", reason="keras_baselines needs the keras extra: pip install -e '.[keras]'")
 
+from keras_helpers import SEED, SMOKE  # noqa: E402
+
 from catdog import CLASSES, CatDogError  # noqa: E402
 from catdog.data.splits import read_file_list, relative_name, split_train, write_file_list  # noqa: E402
 from catdog.metrics import read_metrics, read_predictions  # noqa: E402
-from keras_baselines import MODEL_NAMES, use_backend  # noqa: E402
+from keras_baselines import MODEL_NAMES  # noqa: E402
 from keras_baselines.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.keras
 
-ROOT = Path(__file__).resolve().parents[2]
-SEED = 0
-SMOKE = ["--image-size", "32", "--batch-size", "4", "--steps-per-epoch", "1", "--eager", "--quiet", "--seed", str(SEED)]
 SAVES_EVERY_EPOCH = {"effnetv2b2_scratch", "effnetv2b2_imagenet", "custom_cnn"}
 
 
 def _count(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.suffix == ".jpg")
-
-
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    return env
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(fused_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small copy of the fused dataset: 10 train and 4 test images per class."""
-    out = tmp_path_factory.mktemp("keras_data") / "dataset"
-    for split, keep in (("train", 10), ("test", 4)):
-        for name in CLASSES:
-            (out / split / name).mkdir(parents=True)
-            for path in sorted((fused_dataset / split / name).glob("*.jpg"))[:keep]:
-                shutil.copy2(path, out / split / name / path.name)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -82,33 +61,6 @@ def all_runs(tiny_dataset: Path, base_weights: tuple[Path, list], tmp_path_facto
     argv = ["train", "--model", "all", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "2"]
     assert main([*argv, "--weights", str(base_weights[0]), *SMOKE]) == 0
     return out
-
-
-def test_import_keeps_torch_out_and_catdog_never_imports_keras_baselines() -> None:
-    code = (
-        "import sys, keras_baselines, keras_baselines.cli\n"
-        "keras_baselines.use_backend('tensorflow')\n"
-        "import keras_baselines.train, keras_baselines.data, keras_baselines.models, keras_baselines.callbacks\n"
-        "import keras\n"
-        "assert keras.backend.backend() == 'tensorflow', keras.backend.backend()\n"
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
-        "assert not bad, bad[:5]\n"
-        "print('ok')\n"
-    )
-    env = _subprocess_env()
-    env.pop("KERAS_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
-    # catdog never imports keras_baselines (checked in its source, so no import order can hide it).
-    for path in (ROOT / "catdog").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            assert not any(n.split(".")[0] == "keras_baselines" for n in names), f"{path} imports keras_baselines"
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
@@ -254,96 +206,17 @@ def test_bn_momentum_reaches_every_batchnorm_layer(all_runs: Path) -> None:
         build_model("custom_cnn", image_size=32, bn_momentum=0.0)
 
 
-def _conv_bn_model() -> keras.Model:
-    inputs = keras.Input((6, 6, 3))
-    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    x = keras.layers.BatchNormalization(momentum=0.99, name="bn")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
-
-
-def test_recalibration_gives_the_average_of_the_batch_statistics() -> None:
-    from keras_baselines.callbacks import recalibrate_batchnorm
-
-    keras.utils.set_random_seed(0)
-    model = _conv_bn_model()
-    rng = np.random.default_rng(0)
-    batches = [(rng.normal(2.0, 3.0, (8, 6, 6, 3)).astype("float32"), np.zeros((8, 1))) for _ in range(5)]
-    single = (batches[0][0][:1], np.zeros((1, 1)))  # a batch of one is skipped
-    assert recalibrate_batchnorm(model, [single, *batches], max_batches=5) == 4
-    conv = keras.Model(model.input, model.get_layer("conv").output)
-    outputs = [np.asarray(conv(x)) for x, _ in batches[:4]]
-    bn = model.get_layer("bn")
-    np.testing.assert_allclose(bn.moving_mean, np.mean([o.mean(axis=(0, 1, 2)) for o in outputs], axis=0), atol=1e-4)
-    np.testing.assert_allclose(bn.moving_variance, np.mean([o.var(axis=(0, 1, 2)) for o in outputs], axis=0), rtol=1e-4)
-    assert bn.momentum == 0.99  # restored
-
-
-def test_recalibration_keeps_the_statistics_of_a_layer_that_saw_too_few_values() -> None:
-    """As in the torch trainers: a re-estimate from fewer than 512 values per channel is not used."""
-    from keras_baselines.callbacks import recalibrate_batchnorm
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((6, 6, 3))
-    x = keras.layers.BatchNormalization(name="wide")(keras.layers.Conv2D(4, 3, name="conv")(inputs))  # 16 per image
-    x = keras.layers.Reshape((1, 1, 4))(keras.layers.GlobalAveragePooling2D()(x))
-    x = keras.layers.BatchNormalization(name="deep")(x)  # one value per image
-    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
-    rng = np.random.default_rng(0)
-    batches = [(rng.normal(2.0, 3.0, (8, 6, 6, 3)).astype("float32"), None) for _ in range(4)]  # 32 images
-    deep_before = np.asarray(model.get_layer("deep").moving_variance).copy()
-    wide_before = np.asarray(model.get_layer("wide").moving_mean).copy()
-    assert recalibrate_batchnorm(model, batches) == 4
-    np.testing.assert_array_equal(model.get_layer("deep").moving_variance, deep_before)  # 32 values: kept
-    assert np.abs(np.asarray(model.get_layer("wide").moving_mean) - wide_before).max() > 0.1  # 512: re-estimated
-    assert recalibrate_batchnorm(model, batches, min_values=32) == 4
-    assert np.abs(np.asarray(model.get_layer("deep").moving_variance) - deep_before).max() > 0.01
-
-
-def _channels_last_model() -> keras.Model:
-    """BatchNorm on a 4 x 4 conv output (16 values per image), after pooling to 1 x 1 (1), after Dense (1)."""
-    inputs = keras.Input((6, 6, 3))
-    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
-    x = keras.layers.Reshape((1, 1, 4))(keras.layers.GlobalAveragePooling2D()(x))
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.BatchNormalization()(keras.layers.Dense(8)(keras.layers.Flatten()(x)))
-    return keras.Model(inputs, keras.layers.Dense(1)(x))
-
-
-def _channels_first_and_nested_model() -> keras.Model:
-    """BatchNorm on axis 1 of (4, 5, 7) (35 values per image), then inside a nested model on axis 2 (28)."""
-    inputs = keras.Input((4, 5, 7))
-    x = keras.layers.BatchNormalization(axis=1)(inputs)
-    inner_input = keras.Input((4, 5, 7))
-    inner = keras.Model(inner_input, keras.layers.BatchNormalization(axis=2)(inner_input), name="inner")
-    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inner(x))))
-
-
-#: Two saved baselines (first and last layer: the stem's stride-2 conv leaves 16 x 16 of a 32 px image, the
-#: last stage 1 x 1) and two built here (every layer).
-BATCHNORM_CASES = {
-    "effnetv2b2_scratch": (256, 1),
-    "effnetv2b2_imagenet": (256, 1),
-    "channels_last": [16, 1, 1],
-    "channels_first_and_nested": [35, 28],
-}
-
-
-@pytest.mark.parametrize("case", BATCHNORM_CASES)
-def test_batchnorm_layers_tell_their_values_per_image(request: pytest.FixtureRequest, case: str) -> None:
-    """Values per channel one image gives each BatchNorm layer: the product of its input's non-channel sizes."""
+@pytest.mark.parametrize("name", ["effnetv2b2_scratch", "effnetv2b2_imagenet"])
+def test_saved_baselines_tell_their_batchnorm_values_per_image(all_runs: Path, name: str) -> None:
+    """First and last layer: the stem's stride-2 conv leaves 16 x 16 of a 32 px image, the last stage 1 x 1
+    (the models built in test_keras_batchnorm.py check every layer)."""
     from keras_baselines.callbacks import _values_per_channel
     from keras_baselines.models import batch_norm_layers
 
-    built = {"channels_last": _channels_last_model, "channels_first_and_nested": _channels_first_and_nested_model}
-    if case in built:
-        assert [_values_per_channel(layer) for layer in batch_norm_layers(built[case]())] == BATCHNORM_CASES[case]
-        return
-    all_runs = request.getfixturevalue("all_runs")  # trains the four baselines: only for the saved cases
-    model = keras.saving.load_model(all_runs / case / "checkpoints" / "best.keras")
+    model = keras.saving.load_model(all_runs / name / "checkpoints" / "best.keras")
     values = [_values_per_channel(layer) for layer in batch_norm_layers(model)]
     assert len(values) > 50
-    assert (values[0], values[-1]) == BATCHNORM_CASES[case]
+    assert (values[0], values[-1]) == (256, 1)
     assert values == sorted(values, reverse=True)  # the resolution only falls through the network
 
 
@@ -352,35 +225,6 @@ def test_the_custom_cnn_and_vgg16_have_no_batchnorm_layers(all_runs: Path, name:
     from keras_baselines.models import batch_norm_layers
 
     assert batch_norm_layers(keras.saving.load_model(all_runs / name / "checkpoints" / "best.keras")) == []
-
-
-def test_recalibration_runs_before_early_validations_only(tmp_path: Path) -> None:
-    from keras_baselines.callbacks import BatchNormRecalibration
-
-    keras.utils.set_random_seed(0)
-    model = _conv_bn_model()
-    model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy", run_eagerly=True)
-    rng = np.random.default_rng(1)
-    images = rng.normal(5.0, 2.0, (32, 6, 6, 3)).astype("float32")  # 512 values per channel at "bn"
-    labels = rng.integers(0, 2, (32, 1)).astype("float32")
-    gaps: list[float] = []  # |moving mean - the training images' mean| at each validation
-
-    class Probe(keras.callbacks.Callback):
-        def on_test_begin(self, logs=None):
-            conv = keras.Model(self.model.input, self.model.get_layer("conv").output)
-            train_mean = np.asarray(conv(images)).mean(axis=(0, 1, 2))
-            gaps.append(float(np.abs(np.asarray(self.model.get_layer("bn").moving_mean) - train_mean).max()))
-
-    batches = [(images[:16], labels[:16]), (images[16:], labels[16:])]
-    callback = BatchNormRecalibration(batches, max_batches=2, max_steps=3)
-    model.fit(images, labels, batch_size=16, validation_data=batches[0], epochs=3, callbacks=[callback, Probe()],
-              shuffle=False, verbose=0)  # fmt: skip
-    # After epoch 1 (2 steps) the statistics are the training images'; epochs 2 and 3 start at 4 and 6
-    # steps, past max_steps, and momentum 0.99 has left the moving mean far from them.
-    assert callback.recalibrations == 1
-    assert gaps[0] < 1e-4 and min(gaps[1:]) > 0.1, gaps
-    model.evaluate(*batches[0], verbose=0, callbacks=[callback])  # outside fit: never
-    assert callback.recalibrations == 1
 
 
 def test_a_short_run_learns_both_classes(fused_dataset: Path, tmp_path: Path, record_property) -> None:  # noqa: ANN001
@@ -547,64 +391,6 @@ def test_class_order_is_cat_then_dog(tiny_dataset: Path, tmp_path: Path) -> None
         test_labels = np.concatenate([column(y) for _, y in splits.test]).astype(int).tolist()
         assert test_labels == splits.test_labels == [0, 0, 0, 0, 1, 1, 1, 1]
         assert [Path(f).parent.name for f in splits.test_files] == ["cat"] * 4 + ["dog"] * 4
-
-
-def test_backend_is_fixed_once_keras_is_imported() -> None:
-    assert keras.backend.backend() == "tensorflow"
-    use_backend("tensorflow")  # same backend: fine
-    with pytest.raises(CatDogError, match="already imported"):
-        use_backend("torch")
-
-
-#: Runs ``python -m keras_baselines`` as if TensorFlow were not installed.
-_WITHOUT_TENSORFLOW = """
-import importlib.machinery, json, sys
-
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tensorflow":
-            return importlib.machinery.ModuleSpec(name, self)
-        return None
-
-    def create_module(self, spec):
-        raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
-
-    def exec_module(self, module):
-        pass
-
-sys.meta_path.insert(0, NoTensorFlow())
-from keras_baselines.cli import main
-code = main(sys.argv[1:])
-print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "torch": "torch" in sys.modules}))
-raise SystemExit(code)
-"""
-
-
-def test_torch_backend_trains_without_tensorflow(tiny_dataset: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch", reason="--backend torch needs torch")
-    pytest.importorskip("grain", reason="--backend torch reads images with grain (the keras extra)")
-    out = tmp_path / "custom_cnn"
-    argv = ["train", "--backend", "torch", "--model", "custom_cnn", "--data", str(tiny_dataset), "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TENSORFLOW, *argv, "--epochs", "2", *SMOKE],
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    modules = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert modules == {"tensorflow": False, "torch": True}
-    info = json.loads((out / "run.json").read_text())
-    assert info["backend"] == "torch"
-    metrics = read_metrics(out / "metrics.json")
-    assert metrics.framework == "keras" and metrics.epochs == 2
-    assert [sum(row) for row in metrics.confusion_matrix] == [4, 4]
-    assert sorted(p.name for p in (out / "epochs").glob("*.keras")) == ["epoch_001.keras", "epoch_002.keras"]
-    # Same validation files as on TensorFlow, and the metrics come from the predictions.
-    expected = split_train(tiny_dataset, val_fraction=0.15, seed=SEED).val_names(tiny_dataset)
-    assert read_file_list(out / "val_files.txt", tiny_dataset) == sorted(expected)
-    assert metrics.confusion_matrix == read_predictions(out / "predictions.csv").score().confusion_matrix
 
 
 def test_validation_by_breed_is_the_shared_split(fused_dataset: Path) -> None:
