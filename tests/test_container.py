@@ -35,6 +35,7 @@ def _load_check() -> ModuleType:
     spec = importlib.util.spec_from_file_location("catdog_container_check", ROOT / "scripts/container/check.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does (its dataclass looks itself up there)
     spec.loader.exec_module(module)
     return module
 
