@@ -104,6 +104,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportedModel]
     return export_models(tmp_path_factory.mktemp("models"), {"pretrained": 48, "scratch": 32})
 
 
+@pytest.fixture(scope="session")
+def small_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The container check's two small ONNX models (pretrained, scratch), exported once for the session."""
+    pytest.importorskip("torch")
+    from container_helpers import check
+
+    return check.export_small_models(tmp_path_factory.mktemp("container") / "models")
+
+
 def skip_is_a_failure(env: dict[str, str], euid: int, platform: str, apt_get: str | None) -> bool:
     """Under CI on a root Linux machine with apt-get, podman and Chromium install from Debian: a skip is a failure."""
     return env.get("CI", "").lower() in {"true", "1"} and platform.startswith("linux") and euid == 0 and bool(apt_get)

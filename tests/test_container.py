@@ -7,40 +7,24 @@ test runs ``scripts/container-check`` end to end and is skipped, with the reason
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
 import yaml
+from container_helpers import ROOT, check, descendants, process_cmdline, terminate
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "scripts" / "container-check"
-
-
-def _load_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("catdog_container_check", ROOT / "scripts/container/check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as an import does (its dataclass looks itself up there)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_check()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,12 +138,6 @@ def test_dockerfile_is_slim_and_non_root() -> None:
     assert "apt-get" not in installs, "the image should need no system packages (no compilers)"
 
 
-@pytest.fixture(scope="module")
-def small_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("torch")
-    return check.export_small_models(tmp_path_factory.mktemp("container") / "models")
-
-
 def _free_or(port: int) -> int:
     with socket.socket() as sock:
         try:
@@ -214,47 +192,11 @@ def test_dockerfile_cmd_serves_outside_a_container(small_models: dict[str, Path]
     assert proc.returncode == 0, output[-3000:]
     # docs/serving.md: "SIGTERM/SIGINT stop the server and its workers within about a second".
     assert workers or not sys.platform.startswith("linux"), "catdog serve started no worker processes"
-    left = [pid for pid, cmdline in workers.items() if _cmdline(pid) == cmdline]
+    left = [pid for pid, cmdline in workers.items() if process_cmdline(pid) == cmdline]
     assert not left, f"worker processes {left} outlived the server"
     # The release check holds the README's figure (STOP_LIMIT_S); on a shared test machine only a stop that waits
     # out a timeout takes five times that.
     assert stopped_in <= 5 * check.STOP_LIMIT_S, f"SIGTERM took {stopped_in:.2f} s to stop the server"
-
-
-def terminate(proc: subprocess.Popen) -> tuple[str, bool]:
-    """SIGTERM, then read the output to the end; SIGKILL after 15 s: (output, whether SIGTERM stopped it)."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.communicate(timeout=15)[0], True
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()[0], False
-
-
-def _cmdline(pid: int) -> bytes | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-
-
-def descendants(pid: int) -> dict[int, bytes]:
-    """The processes below ``pid`` (Linux /proc), with their command lines; empty elsewhere."""
-    found: dict[int, bytes] = {}
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                children = [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            for child in children:
-                cmdline = _cmdline(child)
-                if cmdline is not None and child not in found:
-                    found[child] = cmdline
-                    todo.append(child)
-    return found
 
 
 def test_compose_v2_validates_the_file_and_rejects_a_broken_one(tmp_path: Path) -> None:
@@ -277,143 +219,6 @@ def test_compose_v2_validates_the_file_and_rejects_a_broken_one(tmp_path: Path) 
         [binary, "-f", str(broken), "config", "--quiet"], env=env, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode != 0 and "inits" in bad.stderr  # a misspelt key is caught
-
-
-# --------------------------------------------------------------------------------------------------
-# the serve extra alone: what the image installs
-# --------------------------------------------------------------------------------------------------
-def extra_closure(extra: str | None) -> list[importlib.metadata.Distribution]:
-    """The installed distributions ``pip install 'catdog[extra]'`` needs (``None``: the base install)."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    found: dict[str, importlib.metadata.Distribution] = {}
-    done: set[tuple[str, str]] = set()
-    todo: list[tuple[str, str]] = [("catdog", extra or "")]
-    while todo:
-        name, wanted = todo.pop()
-        key = canonicalize_name(name)
-        if (key, wanted) in done:
-            continue
-        done.add((key, wanted))
-        try:
-            dist = found.get(key) or importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip(f"{name} (needed by catdog[{extra}]) is not installed here")
-        found[key] = dist
-        for text in dist.requires or []:
-            requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": wanted}):
-                todo += [(requirement.name, "")] + [(requirement.name, e) for e in requirement.extras]
-    return list(found.values())
-
-
-def make_site(extra: str | None, site: Path) -> Path:
-    """A folder holding only the files of :func:`extra_closure` (links), plus catdog's source; returns it."""
-    site.mkdir(parents=True)
-    for dist in extra_closure(extra):
-        for top in sorted({f.parts[0] for f in dist.files or []}):
-            if top in {"..", "__pycache__"} or top.endswith(".pth") or top.startswith("__editable__"):
-                continue
-            source = Path(str(dist.locate_file(top)))
-            if top == "catdog" or not source.exists() or (site / top).exists():
-                continue
-            if source.is_dir() and not (source / "__init__.py").exists() and not top.endswith("-info"):
-                # A namespace package (``google``) is shared by several distributions: link only this one's part.
-                (site / top).mkdir()
-                for part in sorted({f.parts[1] for f in dist.files or [] if f.parts[0] == top and len(f.parts) > 1}):
-                    if part != "__pycache__":
-                        (site / top / part).symlink_to(source / part)
-            else:
-                (site / top).symlink_to(source)
-    (site / "catdog").symlink_to(ROOT / "catdog")
-    return site
-
-
-def restricted_python(site: Path, *argv: str) -> list[str]:
-    """A command running this interpreter without its site-packages, on ``site`` only."""
-    bootstrap = f"import sys; sys.path.insert(0, {str(site)!r}); sys.argv[0] = 'catdog'; "
-    return [sys.executable, "-S", "-c", bootstrap + "from catdog.cli import main; sys.exit(main())", *argv]
-
-
-@pytest.fixture(scope="module")
-def serve_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_site("serve", tmp_path_factory.mktemp("serve-only") / "site")
-
-
-def test_serve_extra_alone_serves_without_torch_or_pandas(
-    serve_site: Path, small_models: dict[str, Path], tmp_path: Path
-) -> None:
-    """With only catdog[serve] importable, ``catdog serve`` answers right; ``fuse``/``fit`` name their extra."""
-    probe = (
-        f"import sys; sys.path.insert(0, {str(serve_site)!r}); import importlib.util as u; "
-        "print(*[u.find_spec(m) is not None for m in ('torch', 'pandas', 'tqdm', 'onnxruntime', 'litserve')])"
-    )
-    found = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd=tmp_path)
-    assert found.stdout.split() == ["False", "False", "False", "True", "True"], found.stdout + found.stderr
-
-    for command, extra in (("fuse", "data"), ("report", "data"), ("fit", "train")):
-        result = subprocess.run(
-            restricted_python(serve_site, command, "--help"), capture_output=True, text=True, cwd=tmp_path, timeout=60
-        )
-        assert result.returncode == 2, result.stdout + result.stderr
-        named = re.search(r"catdog \S+: error: this command needs the package '([^']+)'", result.stderr)
-        assert named, result.stderr
-        # The package named is one the extra installs, and the message says to install that extra.
-        in_extra = {dist.metadata["Name"].lower() for dist in extra_closure(extra)}
-        assert named.group(1).lower() in in_extra, (named.group(1), extra)
-        assert f"pip install 'catdog[{extra}]'" in result.stderr, result.stderr
-
-    port = check.free_port()
-    models = [arg for name, path in small_models.items() for arg in ("--model", f"{name}={path}")]
-    cmd = restricted_python(serve_site, "serve", *models, "--host", "127.0.0.1", "--port", str(port))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        check.wait_healthy(base_url, timeout=90, alive=lambda: None if proc.poll() is None else "exited")
-        image = check.sample_images()["cat.jpg"]
-        body, headers = check.multipart("file", "cat.jpg", image, "image/jpeg")
-        for name, path in small_models.items():
-            status, payload = check.http("POST", f"{base_url}/predict/{name}", body, headers)
-            assert status == 200, payload
-            check.check_prediction(payload, name, check.expected_probabilities(path, image))
-    finally:
-        output, _ = terminate(proc)
-    assert proc.returncode == 0, output[-3000:]
-
-
-def test_base_install_generates_data_and_names_the_serve_extra(tmp_path: Path) -> None:
-    """The base install (numpy + Pillow) runs ``catdog sample-data``; ``catdog serve`` names catdog[serve]."""
-    site = make_site(None, tmp_path / "site")
-    out = tmp_path / "kaggle"
-    made = subprocess.run(
-        restricted_python(
-            site, "sample-data", "--out", str(out), "--cats", "4", "--breeds", "2", "--dogs-per-breed", "2"
-        ),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    assert len(list(out.rglob("cat.*.jpg"))) == 4
-    probe = (
-        "import catdog.data.transforms, catdog.metrics, catdog.data.splits, catdog.utils, sys;"
-        " print(sorted(sys.modules))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert loaded.returncode == 0, loaded.stderr
-    served = subprocess.run(
-        restricted_python(site, "serve", "--help"), capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
-    assert served.returncode == 2, served.stdout + served.stderr
-    assert "pip install 'catdog[serve]'" in served.stderr, served.stderr
 
 
 # --------------------------------------------------------------------------------------------------
