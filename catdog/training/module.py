@@ -223,16 +223,12 @@ class CatDogClassifier(pl.LightningModule):
         outputs, self._val_outputs = self._val_outputs, []
         if self.trainer.sanity_checking:
             return
-        labels = torch.cat([targets for _, targets in outputs]) if outputs else torch.zeros(0, dtype=torch.long)
-        p_dog = torch.cat([probs for probs, _ in outputs]).double() if outputs else torch.zeros(0, dtype=torch.float64)
-        if self.trainer.world_size > 1:  # a collective: every process takes part, even with an empty share
-            parts = gather_rows(self.trainer, [(labels, p_dog)])
-            labels, p_dog = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
-            if not self.trainer.is_global_zero:
-                return
-        if not len(labels):
+        outputs = gather_rows(self.trainer, outputs)  # a collective: every process takes part, even with none
+        if not outputs or not self.trainer.is_global_zero:
             return
-        warning = score(labels.numpy(), p_dog.numpy()).collapse_warning(len(batchnorm_layers(self.network)))
+        labels = torch.cat([targets for _, targets in outputs]).numpy()
+        p_dog = torch.cat([probs for probs, _ in outputs]).double().numpy()
+        warning = score(labels, p_dog).collapse_warning(len(batchnorm_layers(self.network)))
         if warning:
             log.warning("epoch %d validation: %s", self.current_epoch, warning)
 
