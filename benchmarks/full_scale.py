@@ -40,6 +40,9 @@ from pathlib import Path
 
 import yaml
 
+from catdog.data.kaggle_scale import scaled_count
+from catdog.data.splits import DEFAULT_CAT_TEST, DEFAULT_CAT_TRAIN
+
 ROOT = Path(__file__).resolve().parents[1]
 B2_RATE_208 = 1392.9  # timm benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv, tf_efficientnetv2_b2 at 208 px
 VGG16_RATE_224 = 465.36  # the same table, vgg16 at 224 px
@@ -102,7 +105,7 @@ def bench_fusion(root: Path, cats: Path, dogs: Path, fraction: float, quick: boo
     and each figure is the median of three runs (one with ``--quick``); "+ sync" adds the time to put the
     written files on disk.
     """
-    cat_train, cat_test = max(1, round(8995 * fraction)), max(1, round(3505 * fraction))
+    cat_train, cat_test = (scaled_count(count, fraction) for count in (DEFAULT_CAT_TRAIN, DEFAULT_CAT_TEST))
     dataset, work = root / "dataset", root / "fuse-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
