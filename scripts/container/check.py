@@ -73,11 +73,6 @@ from _served import (  # noqa: E402
 
 from catdog.utils import free_port  # noqa: E402
 
-__all__ = [  # what tests/test_container.py uses besides run_check and main
-    "STOP_LIMIT_S", "check_prediction", "compose_v2_binary", "expected_probabilities", "export_small_models",
-    "free_port", "http", "multipart", "sample_images", "wait_healthy",
-]  # fmt: skip
-
 SKIP = 77
 #: docs/serving.md and docs/container.md: SIGTERM stops the server and its workers "within about a second": the HTTP
 #: processes get 1 s to finish open requests, then everything exits. Checked with this much slack for a busy machine.
