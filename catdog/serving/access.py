@@ -1,11 +1,13 @@
 """Who may use the models, and how many requests each model holds: API keys and the queue bound.
 
 * :class:`ApiKeys`: the keys ``--api-key`` / ``--api-key-file`` give. When there is at least one,
-  ``POST /predict/<name>`` needs one of them in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``;
-  LitServe asks the API's ``authorize`` hook (:meth:`catdog.serving.api.OnnxClassifierAPI.authorize`),
-  which calls :meth:`ApiKeys.check`. Keys are compared as SHA-256 digests with :func:`hmac.compare_digest`
-  (constant time, whatever the lengths), are never logged, and a missing or wrong key gets ``401
-  {"error": "unauthorized"}``. ``/livez``, ``/readyz``, ``/health``, ``/metrics`` and the page stay open.
+  ``POST /predict/<name>`` needs one of them in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+  :class:`Admission` checks it first (before the queue bound); LitServe's ``authorize`` hook
+  (:meth:`catdog.serving.api.OnnxClassifierAPI.authorize`) checks it again at the endpoint, so the API stays
+  guarded wherever it is served. Both call :meth:`ApiKeys.check`. Keys are compared as SHA-256 digests
+  with :func:`hmac.compare_digest` (constant time, whatever the lengths), are never logged, and a missing or
+  wrong key gets ``401 {"error": "unauthorized"}``. ``/livez``, ``/readyz``, ``/health``, ``/metrics`` and
+  the page stay open.
 * :class:`Admission`: ASGI middleware bounding the requests of each model that are in the server at once
   (arrived, not yet answered; every HTTP process together) to ``--max-queue``. One more gets ``503
   {"error": "overloaded"}`` with ``Retry-After`` at once, without reading its body; the other models are
