@@ -1,6 +1,6 @@
 """Full-scale rehearsal: the real Kaggle downloads' size and shape, each figure beside a baseline of the same run.
 
-    python benchmarks/full_scale.py [--root /work/scale-data] [--fraction 1.0] [--runs all|none|NAME ...]
+    python benchmarks/full_scale.py [--root scale-data] [--fraction 1.0] [--runs all|none|NAME ...]
                                     [--gpu-rate 1200] [--quick]
 
 1. Sources: ``catdog sample-data --scale kaggle`` into ``ROOT/sources`` (kept and reused for the same fraction).
@@ -344,7 +344,7 @@ def estimate(dataset: Path, per_worker_224: float, gpu_rate_224: float, workers:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("/work/scale-data"), help="where data and runs go")
+    parser.add_argument("--root", type=Path, default=Path("scale-data"), help="where data and runs go (scale-data)")
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the real counts (default 1)")
     parser.add_argument("--runs", nargs="+", default=["all"], help="compare runs: all, none, or names")
     parser.add_argument("--images", type=int, default=300, help="training photos timed for the data path")
